@@ -1,0 +1,55 @@
+"""The sans-IO KWIK v2 protocol core: no asyncio, no sockets, no clock (time is an argument).
+
+* :mod:`.frames`: packet and frame codec.
+* :mod:`.reader`: incremental record reader over the transport stream.
+* :mod:`.reassembly`: per-stream reassembly by offset.
+* :mod:`.acks`: acknowledgements, duplicate detection, heartbeats.
+"""
+
+from .acks import AckTracker, Heartbeat, RangeSet
+from .frames import (
+    MAX_FRAMES_PER_PACKET,
+    MAX_RECORD_SIZE,
+    AckFrame,
+    AddPathFrame,
+    AddPathRespFrame,
+    Frame,
+    FrameType,
+    OpenStreamFrame,
+    OpenStreamRespFrame,
+    Packet,
+    PingFrame,
+    RelayDataFrame,
+    StreamFrame,
+    decode_packet,
+    encode_packet,
+    encode_record,
+    is_ack_eliciting,
+)
+from .reader import RecordReader
+from .reassembly import ReceiveBuffer
+
+__all__ = [
+    "MAX_FRAMES_PER_PACKET",
+    "MAX_RECORD_SIZE",
+    "AckFrame",
+    "AckTracker",
+    "AddPathFrame",
+    "AddPathRespFrame",
+    "Frame",
+    "FrameType",
+    "Heartbeat",
+    "OpenStreamFrame",
+    "OpenStreamRespFrame",
+    "Packet",
+    "PingFrame",
+    "RangeSet",
+    "RecordReader",
+    "ReceiveBuffer",
+    "RelayDataFrame",
+    "StreamFrame",
+    "decode_packet",
+    "encode_packet",
+    "encode_record",
+    "is_ack_eliciting",
+]
