@@ -96,6 +96,11 @@ class AckTracker:
                 self._deadline = now + self.interval
         return fresh
 
+    @property
+    def has_eliciting(self) -> bool:
+        """Whether an ack-eliciting packet is waiting for an Ack."""
+        return self._eliciting > 0
+
     def get_timer(self) -> float | None:
         """When an Ack becomes due, or None when none is waiting."""
         if self._eliciting >= self.threshold:

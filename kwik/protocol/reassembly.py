@@ -111,7 +111,6 @@ class ReceiveBuffer:
                 s + len(c) > end for s, c in self._pending.items()
             ):
                 raise ProtocolViolationError(f"fin at {end} is below data already received")
-            self._final_offset = end
         elif self._final_offset is not None and end > self._final_offset:
             raise ProtocolViolationError(
                 f"data up to offset {end} lies past the final offset {self._final_offset}"
@@ -121,6 +120,9 @@ class ReceiveBuffer:
                 f"data up to offset {end} lies beyond the receive window "
                 f"({self._read_offset} + {self.window})"
             )
+        if fin:
+            # only once every check passed: a rejected frame must leave the stream unchanged
+            self._final_offset = end
         before = len(self._contiguous)
         cend = self.contiguous_end
         if end <= cend or not data:

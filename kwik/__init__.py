@@ -1,0 +1,51 @@
+"""kwik: QUIC With Intelligent Konnections, for asyncio.
+
+A kwik session looks like one QUIC connection, but is an aggregate of paths (one aioquic
+connection each), possibly to different servers: a primary server can recruit secondary servers
+(:meth:`Session.add_relay`) that write into the same logical streams, and the client merges
+everything by byte offset. Wire-compatible with KWIK v2 (Go).
+
+Entry points: :func:`dial_addr` (client) and :func:`listen_addr` (server).
+"""
+
+from ._connect import dial_addr
+from .config import Config, PathPolicy, TLSConfig
+from .exceptions import (
+    HandshakeError,
+    HandshakeTimeoutError,
+    KwikError,
+    ListenerClosedError,
+    PathError,
+    ProtocolViolationError,
+    SessionClosedError,
+    StreamClosedError,
+)
+from .server import Listener, listen_addr
+from .session import PathInfo, Relay, Session, SessionStatistics, Stream
+from .tls import generate_self_signed_cert
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "HandshakeError",
+    "HandshakeTimeoutError",
+    "KwikError",
+    "Listener",
+    "ListenerClosedError",
+    "PathError",
+    "PathInfo",
+    "PathPolicy",
+    "ProtocolViolationError",
+    "Relay",
+    "Session",
+    "SessionClosedError",
+    "SessionStatistics",
+    "Stream",
+    "StreamClosedError",
+    "TLSConfig",
+    "__version__",
+    "dial_addr",
+    "generate_self_signed_cert",
+    "listen_addr",
+]

@@ -1,0 +1,106 @@
+"""Dialing: one QUIC connection (a path) to a server, and :func:`dial_addr`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from aioquic.quic.connection import QuicConnection
+
+from ._addr import parse_address
+from ._path import Path
+from .config import Config, TLSConfig
+from .exceptions import HandshakeError, HandshakeTimeoutError
+from .session import Session
+from .tls import quic_configuration
+
+__all__ = ["connect_path", "dial_addr"]
+
+logger = logging.getLogger("kwik.client")
+
+
+async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
+    """Open one QUIC connection to ``address`` and complete its handshake.
+
+    The returned path owns its UDP socket. It is not attached to a session yet.
+
+    Raises:
+        ValueError: ``address`` is not "host:port".
+        HandshakeTimeoutError: no handshake within ``config.handshake_timeout``.
+        HandshakeError: the peer refused (bad certificate, ALPN, ...) or the name does not
+            resolve.
+    """
+    host, port = parse_address(address)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(config.handshake_timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except TimeoutError:
+        raise HandshakeTimeoutError(f"resolving {host!r} took too long") from None
+    except OSError as exc:
+        raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
+    family, _, _, _, addr = infos[0]
+    quic = QuicConnection(
+        configuration=quic_configuration(is_client=True, tls=tls, config=config, server_name=host)
+    )
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        sock.setblocking(False)
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: Path(quic, is_client=True, config=config), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    path = protocol
+    path.set_remote_address(addr)
+    path.dialed_as = address
+    try:
+        async with asyncio.timeout(config.handshake_timeout):
+            path.connect(addr)
+            await path.wait_connected()
+    except TimeoutError:
+        path.abort()
+        raise HandshakeTimeoutError(
+            f"no QUIC handshake with {address} within {config.handshake_timeout} s"
+        ) from None
+    except ConnectionError as exc:
+        reason = path.close_reason or _terminated_reason(path)
+        path.abort()
+        raise HandshakeError(f"handshake with {address} failed: {reason}") from exc
+    except BaseException:
+        path.abort()
+        raise
+    return path
+
+
+def _terminated_reason(path: Path) -> str:
+    event = getattr(path._quic, "_close_event", None)
+    if event is not None and getattr(event, "reason_phrase", ""):
+        return str(event.reason_phrase)
+    return "connection refused"
+
+
+async def dial_addr(
+    address: str, tls_config: TLSConfig | None = None, config: Config | None = None
+) -> Session:
+    """Open a client session to the KWIK server at ``address`` ("host:port").
+
+    Returns once the QUIC handshake is done and the first record is sent; it does not wait for
+    any answer. ``tls_config=None`` verifies the server against the system trust store.
+
+    Raises:
+        HandshakeTimeoutError: nothing answered within ``config.handshake_timeout``.
+        HandshakeError: the peer refused, e.g. its certificate does not verify.
+        ValueError: ``address`` is malformed.
+    """
+    config = config if config is not None else Config()
+    tls = tls_config if tls_config is not None else TLSConfig()
+    path = await connect_path(address, tls, config)
+    session = Session(is_client=True, config=config, tls=tls)
+    session._add_path(path, primary=True)
+    path.start_client()
+    logger.debug("session %d dialed %s", session.session_id, address)
+    return session

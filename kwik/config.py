@@ -1,0 +1,171 @@
+"""Configuration: :class:`Config` (KWIK and QUIC knobs) and :class:`TLSConfig` (identity, trust)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Config", "PathPolicy", "TLSConfig"]
+
+#: Decides whether a client may dial an address a server asked for (AddPath): called with
+#: the address ("host:port") and returns True to allow it.
+PathPolicy = Callable[[str], bool]
+
+_MIB = 1024 * 1024
+
+
+@dataclass
+class Config:
+    """Every KWIK and QUIC knob of a session or listener, with its default.
+
+    One instance may be shared by several sessions; kwik never mutates it.
+    """
+
+    handshake_timeout: float = 10.0
+    """Seconds ``dial_addr`` (and dialing a relay) may spend on the QUIC handshake before
+    failing with :class:`~kwik.HandshakeTimeoutError`."""
+
+    idle_timeout: float = 60.0
+    """QUIC idle timeout in seconds: a path that hears nothing for this long is closed."""
+
+    close_timeout: float = 5.0
+    """Seconds a graceful ``close()`` may spend delivering what was already written before the
+    connection is closed anyway."""
+
+    max_datagram_size: int = 1200
+    """Largest UDP payload QUIC sends (at least 1200). 1452 fits a 1500-byte MTU and is
+    noticeably faster with aioquic."""
+
+    congestion_control: str = "reno"
+    """aioquic congestion control algorithm: ``"reno"`` or ``"cubic"``."""
+
+    heartbeat_interval: float = 15.0
+    """Seconds between the Pings the client side of each path sends (as upstream)."""
+
+    heartbeat_miss_threshold: int = 3
+    """Unanswered Pings in a row after which a client path is marked failed."""
+
+    ack_interval: float = 0.1
+    """Seconds after the first unacknowledged packet within which a KWIK Ack is sent."""
+
+    ack_threshold: int = 16
+    """Unacknowledged packets after which a KWIK Ack is sent at once."""
+
+    max_record_size: int = _MIB
+    """Largest record accepted on the transport stream; a larger one closes the path with a
+    protocol violation."""
+
+    max_stream_frame_data: int = 64 * 1024
+    """Most bytes of stream data kwik puts in one Stream frame."""
+
+    stream_send_buffer: int = _MIB
+    """Bytes a stream may hold written but not yet handed to QUIC; ``write`` waits above it."""
+
+    stream_receive_buffer: int = _MIB
+    """Bytes a stream may hold received but not read by the application. Above it, the path
+    stops reading (QUIC flow control then stops the peer) until the application reads."""
+
+    path_send_window: int = 2 * _MIB
+    """Bytes one path may have handed to QUIC and not yet seen acknowledged; kwik waits above
+    it (aioquic's own send buffer is unbounded)."""
+
+    path_receive_window: int = 2 * _MIB
+    """QUIC flow-control credit of a path's transport stream beyond what kwik has processed:
+    the most a peer can have in flight towards a path kwik is not reading."""
+
+    max_paths: int = 8
+    """Most paths a client session keeps open at once (the primary included)."""
+
+    path_policy: PathPolicy | None = None
+    """Called with each address a server asks the client to dial (AddPath); returning False
+    refuses it. None allows every address."""
+
+    add_path_timeout: float = 10.0
+    """Seconds ``add_relay`` waits for the client's AddPathResp."""
+
+    open_stream_timeout: float = 10.0
+    """Seconds ``open_stream_sync`` waits for the peer's OpenStreamResp."""
+
+    accept_backlog: int = 128
+    """Sessions a listener keeps waiting for ``accept()``; more are refused (closed)."""
+
+    stream_backlog: int = 256
+    """Streams a session keeps waiting for ``accept_stream()``; beyond it the path stops
+    reading until the application accepts."""
+
+    listener_close_timeout: float = 2.0
+    """Seconds ``Listener.close()`` waits for its sessions to close gracefully before forcing."""
+
+    qlog_dir: str | os.PathLike[str] | None = None
+    """Directory where aioquic writes one qlog file per QUIC connection; None disables qlog."""
+
+    worker_pool: bool = True
+    """True: records go through the process-wide worker pool. False: each path processes its
+    records inline, in the QUIC event callback."""
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        for name in (
+            "handshake_timeout",
+            "idle_timeout",
+            "heartbeat_interval",
+            "ack_interval",
+            "add_path_timeout",
+            "open_stream_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Config.{name} must be positive")
+        if self.close_timeout < 0 or self.listener_close_timeout < 0:
+            raise ValueError("close timeouts must not be negative")
+        if self.max_datagram_size < 1200:
+            raise ValueError("Config.max_datagram_size must be at least 1200")
+        if self.congestion_control not in ("reno", "cubic"):
+            raise ValueError("Config.congestion_control must be 'reno' or 'cubic'")
+        for name in (
+            "heartbeat_miss_threshold",
+            "ack_threshold",
+            "max_record_size",
+            "max_stream_frame_data",
+            "stream_send_buffer",
+            "stream_receive_buffer",
+            "path_send_window",
+            "path_receive_window",
+            "max_paths",
+            "accept_backlog",
+            "stream_backlog",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Config.{name} must be at least 1")
+        if self.max_stream_frame_data + 64 > self.max_record_size:
+            raise ValueError("Config.max_stream_frame_data must fit in max_record_size")
+
+
+@dataclass
+class TLSConfig:
+    """TLS settings of one side.
+
+    A server needs an identity: ``certfile``/``keyfile`` (PEM paths) or ``certificate``/
+    ``private_key`` (PEM bytes). A client verifies the server's certificate against
+    ``cafile``/``cadata``, or against the system trust store when neither is given, for the
+    name ``server_name`` (default: the host of the dialed address). Verification is skipped
+    only with ``insecure_skip_verify=True``.
+    """
+
+    certfile: str | os.PathLike[str] | None = None
+    keyfile: str | os.PathLike[str] | None = None
+    certificate: bytes | None = None
+    private_key: bytes | None = None
+    cafile: str | os.PathLike[str] | None = None
+    cadata: bytes | str | None = None
+    server_name: str | None = None
+    alpn_protocols: Sequence[str] = field(default=("kwik",))
+    insecure_skip_verify: bool = False
+
+    @property
+    def has_identity(self) -> bool:
+        return self.certfile is not None or self.certificate is not None

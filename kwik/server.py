@@ -1,0 +1,201 @@
+"""Listening: :func:`listen_addr` and :class:`Listener`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.connection import QuicConnection
+
+from ._addr import format_address, parse_address
+from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
+from .config import Config, TLSConfig
+from .exceptions import ListenerClosedError
+from .session import Session
+from .tls import quic_configuration
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Listener", "listen_addr"]
+
+logger = logging.getLogger("kwik.listener")
+
+
+class Listener:
+    """Accepts KWIK sessions on one UDP address. Obtained from :func:`listen_addr`.
+
+    A session exists from the moment its first record arrives; it waits in a backlog of
+    ``Config.accept_backlog`` sessions for :meth:`accept` (beyond that, new sessions are
+    refused with code 1).
+    """
+
+    def __init__(self, config: Config, tls: TLSConfig) -> None:
+        self._config = config
+        self._tls = tls
+        self._loop = asyncio.get_running_loop()
+        self._server: QuicServer | None = None
+        self._addr = ""
+        self._backlog: deque[Session] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._sessions: set[Session] = set()
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<kwik.Listener {self._addr} sessions={len(self._sessions)}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    @property
+    def addr(self) -> str:
+        """The bound "host:port" (with the real port when listening on port 0)."""
+        return self._addr
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def active_session_count(self) -> int:
+        """Live sessions of this listener, accepted by the application or not."""
+        return len(self._sessions)
+
+    # --- aioquic side ---------------------------------------------------------------------------
+
+    def _create_path(self, quic: QuicConnection, stream_handler: Any = None) -> Path:
+        return Path(
+            quic, is_client=False, config=self._config, on_first_record=self._on_first_record
+        )
+
+    def _on_first_record(self, path: Path) -> None:
+        """A client's first record arrived on a new connection: a session is born."""
+        peer = path._quic._network_paths[0].addr if path._quic._network_paths else None
+        if peer is not None:
+            path.set_remote_address(peer)
+        if self._closed:
+            path.close(CLOSE_NORMAL, "listener closed")
+            return
+        if len(self._backlog) >= self._config.accept_backlog:
+            logger.warning("listener %s: backlog full, refusing %s", self._addr, path.remote_address)
+            path.close(CLOSE_FAILURE, "listener backlog full")
+            return
+        session = Session(
+            is_client=False, config=self._config, tls=self._tls, on_closed=self._session_closed
+        )
+        session._add_path(path, primary=True)
+        self._sessions.add(session)
+        self._backlog.append(session)
+        waiter = self._accept_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        logger.debug("listener %s: session %d from %s", self._addr, session.session_id, path.remote_address)
+
+    def _session_closed(self, session: Session) -> None:
+        self._sessions.discard(session)
+
+    # --- public ---------------------------------------------------------------------------------
+
+    async def accept(self) -> Session:
+        """Return the next session, in arrival order.
+
+        Raises:
+            ListenerClosedError: the listener is closed.
+        """
+        while True:
+            while self._backlog:
+                session = self._backlog.popleft()
+                if not session.is_closed or session._accept_queue:
+                    return session
+            if self._closed:
+                raise ListenerClosedError(f"listener {self._addr} is closed")
+            if self._accept_waiter is not None:
+                raise RuntimeError("another coroutine is already accepting sessions")
+            waiter = self._loop.create_future()
+            self._accept_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._accept_waiter = None
+
+    async def close(self) -> None:
+        """Stop accepting, close every session gracefully (code 0), then the socket.
+
+        Sessions still open after ``Config.listener_close_timeout`` are forced closed.
+        Pending :meth:`accept` calls raise :class:`ListenerClosedError`. Idempotent.
+        """
+        if self._closed:
+            await self._closed_event.wait()
+            return
+        self._closed = True
+        waiter = self._accept_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        sessions = list(self._sessions)
+        if sessions:
+            graceful = [asyncio.ensure_future(s.close()) for s in sessions]
+            done, pending = await asyncio.wait(graceful, timeout=self._config.listener_close_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*graceful, return_exceptions=True)
+            forced = [s for s in sessions if not s._paths_terminated()]
+            if forced:
+                logger.info("listener %s: forcing %d sessions closed", self._addr, len(forced))
+                for session in forced:
+                    session._force_close("listener shutdown")
+        self._sessions.clear()
+        self._backlog.clear()
+        if self._server is not None:
+            self._server.close()
+        self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Session:
+        try:
+            return await self.accept()
+        except ListenerClosedError:
+            raise StopAsyncIteration from None
+
+
+async def listen_addr(
+    address: str, tls_config: TLSConfig, config: Config | None = None
+) -> Listener:
+    """Listen for KWIK sessions on ``address`` ("host:port"; port 0 picks a free port).
+
+    Raises:
+        ValueError: malformed address, or ``tls_config`` without a certificate and key.
+        OSError: the address cannot be bound.
+    """
+    config = config if config is not None else Config()
+    host, port = parse_address(address)
+    listener = Listener(config, tls_config)
+    qc = quic_configuration(is_client=False, tls=tls_config, config=config)
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: QuicServer(configuration=qc, create_protocol=listener._create_path),
+        local_addr=(host, port),
+    )
+    listener._server = protocol
+    sockname = transport.get_extra_info("sockname")
+    listener._addr = format_address(str(sockname[0]), int(sockname[1]))
+    logger.debug("listening on %s", listener._addr)
+    return listener
