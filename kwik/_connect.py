@@ -78,8 +78,9 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
 
 def _terminated_reason(path: Path) -> str:
     event = getattr(path._quic, "_close_event", None)
-    if event is not None and getattr(event, "reason_phrase", ""):
-        return str(event.reason_phrase)
+    reason = getattr(event, "reason_phrase", None)
+    if reason:
+        return str(reason)
     return "connection refused"
 
 

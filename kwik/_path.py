@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -59,7 +59,7 @@ CLOSE_NORMAL = 0
 CLOSE_FAILURE = 1
 
 
-class PathState(str, Enum):
+class PathState(StrEnum):
     """Life of a path."""
 
     CONNECTING = "connecting"
@@ -316,9 +316,7 @@ class Path(QuicConnectionProtocol):
             self.fail(f"protocol violation: {exc}")
             return
         self.packets_received += 1
-        if not self._acks.on_packet(
-            packet.packet_number, packet.ack_eliciting, self._loop.time()
-        ):
+        if not self._acks.on_packet(packet.packet_number, packet.ack_eliciting, self._loop.time()):
             self.duplicates_received += 1
             return
         try:
@@ -551,9 +549,7 @@ def _install_credit_control(quic: QuicConnection, path: Path) -> None:
     reader consumed plus ``path_receive_window``, and never raises other streams' credit.
     """
 
-    def write_stream_limits(
-        builder: QuicPacketBuilder, space: Any, stream: QuicStream
-    ) -> None:
+    def write_stream_limits(builder: QuicPacketBuilder, space: Any, stream: QuicStream) -> None:
         if stream.max_stream_data_local and stream.stream_id == TRANSPORT_STREAM_ID:
             wanted = path._reader.consumed + path.config.path_receive_window
             if wanted - stream.max_stream_data_local >= path._credit_step:
@@ -565,6 +561,7 @@ def _install_credit_control(quic: QuicConnection, path: Path) -> None:
                 handler=quic._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
+            assert stream.stream_id is not None
             buf.push_uint_var(stream.stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local

@@ -80,7 +80,9 @@ class Listener:
             path.close(CLOSE_NORMAL, "listener closed")
             return
         if len(self._backlog) >= self._config.accept_backlog:
-            logger.warning("listener %s: backlog full, refusing %s", self._addr, path.remote_address)
+            logger.warning(
+                "listener %s: backlog full, refusing %s", self._addr, path.remote_address
+            )
             path.close(CLOSE_FAILURE, "listener backlog full")
             return
         session = Session(
@@ -92,7 +94,9 @@ class Listener:
         waiter = self._accept_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        logger.debug("listener %s: session %d from %s", self._addr, session.session_id, path.remote_address)
+        logger.debug(
+            "listener %s: session %d from %s", self._addr, session.session_id, path.remote_address
+        )
 
     def _session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
@@ -137,7 +141,9 @@ class Listener:
         sessions = list(self._sessions)
         if sessions:
             graceful = [asyncio.ensure_future(s.close()) for s in sessions]
-            done, pending = await asyncio.wait(graceful, timeout=self._config.listener_close_timeout)
+            done, pending = await asyncio.wait(
+                graceful, timeout=self._config.listener_close_timeout
+            )
             for task in pending:
                 task.cancel()
             await asyncio.gather(*graceful, return_exceptions=True)

@@ -1039,9 +1039,7 @@ class Session:
         for waiters in self._add_path_waiters.values():
             for add_waiter in waiters:
                 if not add_waiter.done():
-                    add_waiter.set_exception(
-                        SessionClosedError(exc.code, exc.reason, exc.remote)
-                    )
+                    add_waiter.set_exception(SessionClosedError(exc.code, exc.reason, exc.remote))
         self._add_path_waiters.clear()
         if self._flushed is not None:
             self._flushed.set()

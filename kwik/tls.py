@@ -43,7 +43,7 @@ def generate_self_signed_cert(
         except ValueError:
             names.append(x509.DNSName(host))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -95,9 +95,7 @@ def quic_configuration(
         chain = x509.load_pem_x509_certificates(tls.certificate)
         qc.certificate = chain[0]
         qc.certificate_chain = chain[1:]
-        qc.private_key = serialization.load_pem_private_key(  # type: ignore[assignment]
-            tls.private_key, password=None
-        )
+        qc.private_key = serialization.load_pem_private_key(tls.private_key, password=None)
     elif not is_client:
         raise ValueError("a server needs TLSConfig.certfile/keyfile or certificate/private_key")
     if is_client:

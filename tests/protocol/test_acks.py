@@ -1,0 +1,429 @@
+"""RangeSet, AckTracker and Heartbeat: acknowledgements, duplicates and liveness of one path."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kwik.protocol.acks import AckTracker, Heartbeat, RangeSet
+from kwik.protocol.frames import AckFrame, decode_packet, encode_packet
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def range_set(values: Iterable[int]) -> RangeSet:
+    """A RangeSet holding ``values``."""
+    rs = RangeSet()
+    for value in values:
+        rs.add(value)
+    return rs
+
+
+def expected_ranges(values: Iterable[int]) -> list[tuple[int, int]]:
+    """The sorted, maximal inclusive ranges covering ``values``, computed naively."""
+    out: list[tuple[int, int]] = []
+    for value in sorted(set(values)):
+        if out and out[-1][1] == value - 1:
+            out[-1] = (out[-1][0], value)
+        else:
+            out.append((value, value))
+    return out
+
+
+def receive(
+    tracker: AckTracker, numbers: Iterable[int], now: float, eliciting: bool = True
+) -> None:
+    """Record every packet number as received at ``now``."""
+    for number in numbers:
+        tracker.on_packet(number, eliciting, now)
+
+
+# --- RangeSet -----------------------------------------------------------------------------------
+
+
+def test_rangeset_add_and_contains() -> None:
+    """add returns True for a new value and False for a present one; `in` agrees."""
+    rs = RangeSet()
+    assert 5 not in rs
+    assert rs.add(5) is True
+    assert rs.add(5) is False
+    assert 5 in rs
+    assert 4 not in rs
+    assert 6 not in rs
+    assert rs.ranges() == [(5, 5)]
+
+
+def test_rangeset_empty() -> None:
+    """An empty set has no ranges and contains nothing."""
+    rs = RangeSet()
+    assert rs.ranges() == []
+    assert len(rs) == 0
+    assert 0 not in rs
+
+
+def test_rangeset_merges_left_right_and_bridge() -> None:
+    """Adjacent values extend a range; a value filling a one-gap joins two ranges."""
+    rs = range_set([1, 3])
+    assert rs.ranges() == [(1, 1), (3, 3)]
+    assert rs.add(2) is True  # bridges
+    assert rs.ranges() == [(1, 3)]
+    rs.add(4)  # extends right
+    rs.add(0)  # extends left
+    assert rs.ranges() == [(0, 4)]
+    assert len(rs) == 1
+
+
+def test_rangeset_disjoint_ranges_sorted() -> None:
+    """Values added out of order give sorted, disjoint ranges."""
+    rs = range_set([10, 1, 7, 2, 8, 3, 12, 9])
+    assert rs.ranges() == [(1, 3), (7, 10), (12, 12)]
+    assert len(rs) == 3
+    assert [v for v in range(15) if v in rs] == [1, 2, 3, 7, 8, 9, 10, 12]
+
+
+def test_rangeset_add_inside_range_is_duplicate() -> None:
+    """A value inside an existing range is already present and changes nothing."""
+    rs = range_set(range(1, 11))
+    for value in (1, 5, 10):
+        assert rs.add(value) is False
+    assert rs.ranges() == [(1, 10)]
+
+
+def test_rangeset_clear() -> None:
+    """clear empties the set."""
+    rs = range_set([1, 2, 5])
+    rs.clear()
+    assert rs.ranges() == []
+    assert 1 not in rs
+    assert rs.add(1) is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(min_value=0, max_value=60), max_size=60))
+def test_property_rangeset_matches_a_set(values: list[int]) -> None:
+    """RangeSet agrees with a plain set on membership, ranges and add's return value."""
+    rs = RangeSet()
+    seen: set[int] = set()
+    for value in values:
+        assert rs.add(value) is (value not in seen)
+        seen.add(value)
+    assert rs.ranges() == expected_ranges(seen)
+    assert len(rs) == len(expected_ranges(seen))
+    assert all((v in rs) is (v in seen) for v in range(-1, 63))
+
+
+# --- AckTracker: duplicates ---------------------------------------------------------------------
+
+
+def test_duplicate_detection() -> None:
+    """on_packet returns True the first time a number is seen and False afterwards."""
+    tracker = AckTracker()
+    assert tracker.on_packet(1, True, 0.0) is True
+    assert tracker.on_packet(2, True, 0.0) is True
+    assert tracker.on_packet(1, True, 0.0) is False
+    assert tracker.on_packet(2, False, 0.0) is False
+
+
+def test_duplicate_detected_after_an_ack_was_built() -> None:
+    """A number acknowledged earlier is still a duplicate when it arrives again."""
+    tracker = AckTracker()
+    receive(tracker, [1, 2, 3], 0.0)
+    assert tracker.build_ack() is not None
+    assert tracker.on_packet(2, True, 1.0) is False
+    assert tracker.on_packet(4, True, 1.0) is True
+    tracker.build_ack()
+    tracker.build_ack()
+    assert tracker.on_packet(1, True, 2.0) is False
+    assert tracker.on_packet(4, True, 2.0) is False
+
+
+def test_duplicate_is_acknowledged_again() -> None:
+    """A duplicate (the peer missed our Ack) is included in the next Ack."""
+    tracker = AckTracker()
+    receive(tracker, [1, 2], 0.0)
+    tracker.build_ack()
+    assert tracker.on_packet(2, True, 1.0) is False
+    ack = tracker.build_ack()
+    assert ack is not None
+    assert ack.ranges == ((2, 2),)
+
+
+# --- AckTracker: ranges -------------------------------------------------------------------------
+
+
+def test_ack_lists_ranges_received() -> None:
+    """An Ack lists inclusive ranges of every number received, largest_acked the highest."""
+    tracker = AckTracker()
+    receive(tracker, [1, 2, 3, 5, 6, 7, 8], 0.0)
+    ack = tracker.build_ack()
+    assert ack == AckFrame(largest_acked=8, ranges=((1, 3), (5, 8)), ack_delay=0)
+
+
+def test_ack_lists_only_numbers_since_previous_ack() -> None:
+    """Each Ack covers the numbers received since the previous one, as the Go peer does."""
+    tracker = AckTracker()
+    receive(tracker, [1, 2, 3], 0.0)
+    assert tracker.build_ack() == AckFrame(3, ((1, 3),))
+    receive(tracker, [6, 4], 0.5)
+    assert tracker.build_ack() == AckFrame(6, ((4, 4), (6, 6)))
+    assert tracker.build_ack() is None
+
+
+def test_ack_of_out_of_order_numbers_is_sorted() -> None:
+    """Numbers received out of order are acknowledged as sorted merged ranges."""
+    tracker = AckTracker()
+    receive(tracker, [9, 3, 1, 2, 10, 7], 0.0)
+    ack = tracker.build_ack()
+    assert ack is not None
+    assert ack.ranges == ((1, 3), (7, 7), (9, 10))
+    assert ack.largest_acked == 10
+
+
+def test_no_ack_when_nothing_received() -> None:
+    """build_ack returns None when nothing arrived since the previous Ack."""
+    tracker = AckTracker()
+    assert tracker.build_ack() is None
+    assert tracker.get_timer() is None
+    assert not tracker.ack_due(1e9)
+
+
+def test_built_ack_encodes_as_a_valid_frame() -> None:
+    """The Ack a tracker builds survives the codec unchanged."""
+    tracker = AckTracker()
+    numbers = list(range(1, 200))
+    random.Random(7).shuffle(numbers)
+    kept = [n for n in numbers if n % 5]
+    receive(tracker, kept, 0.0)
+    ack = tracker.build_ack()
+    assert ack is not None
+    assert ack.ranges == tuple(expected_ranges(kept))
+    assert len(ack.ranges) == 40
+    assert decode_packet(encode_packet(1, [ack])).frames == (ack,)
+
+
+# --- AckTracker: timing -------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_spec() -> None:
+    """ack_interval is 100 ms and ack_threshold is 16 by default."""
+    tracker = AckTracker()
+    assert tracker.interval == pytest.approx(0.1)
+    assert tracker.threshold == 16
+
+
+def test_interval_deadline_from_first_unacknowledged_packet() -> None:
+    """An Ack is due interval seconds after the first eliciting packet, not the later ones."""
+    tracker = AckTracker(interval=0.1, threshold=16)
+    tracker.on_packet(1, True, 10.0)
+    assert tracker.get_timer() == pytest.approx(10.1)
+    tracker.on_packet(2, True, 10.05)
+    assert tracker.get_timer() == pytest.approx(10.1)
+    assert not tracker.ack_due(10.0)
+    assert not tracker.ack_due(10.09)
+    assert tracker.ack_due(10.1)
+    assert tracker.ack_due(11.0)
+
+
+def test_deadline_resets_after_ack() -> None:
+    """After build_ack no Ack is due until the next eliciting packet starts a new deadline."""
+    tracker = AckTracker(interval=0.25, threshold=16)
+    tracker.on_packet(1, True, 1.0)
+    tracker.build_ack()
+    assert tracker.get_timer() is None
+    assert not tracker.ack_due(100.0)
+    tracker.on_packet(2, True, 5.0)
+    assert tracker.get_timer() == pytest.approx(5.25)
+
+
+def test_threshold_makes_ack_due_at_once() -> None:
+    """The threshold-th eliciting packet makes an Ack due immediately."""
+    tracker = AckTracker(interval=10.0, threshold=4)
+    receive(tracker, [1, 2, 3], 0.0)
+    assert not tracker.ack_due(0.0)
+    tracker.on_packet(4, True, 0.0)
+    assert tracker.ack_due(0.0)
+    timer = tracker.get_timer()
+    assert timer is not None and timer <= 0.0
+    assert tracker.build_ack() == AckFrame(4, ((1, 4),))
+    assert not tracker.ack_due(0.0)
+
+
+def test_threshold_counts_again_after_ack() -> None:
+    """The threshold counts packets since the previous Ack only."""
+    tracker = AckTracker(interval=10.0, threshold=3)
+    receive(tracker, [1, 2, 3], 0.0)
+    assert tracker.ack_due(0.0)
+    tracker.build_ack()
+    receive(tracker, [4, 5], 0.0)
+    assert not tracker.ack_due(0.0)
+    tracker.on_packet(6, True, 0.0)
+    assert tracker.ack_due(0.0)
+
+
+def test_ack_only_packets_never_make_an_ack_due() -> None:
+    """Packets carrying only Acks, however many, never start a deadline or hit the threshold."""
+    tracker = AckTracker(interval=0.1, threshold=2)
+    receive(tracker, range(1, 50), 0.0, eliciting=False)
+    assert tracker.get_timer() is None
+    assert not tracker.ack_due(1e9)
+
+
+def test_ack_only_packets_are_included_in_the_next_ack() -> None:
+    """Numbers of ack-only packets are acknowledged with the next Ack sent anyway."""
+    tracker = AckTracker(interval=0.1, threshold=16)
+    receive(tracker, [1, 2], 0.0, eliciting=False)
+    tracker.on_packet(3, True, 0.5)
+    tracker.on_packet(5, False, 0.55)
+    assert tracker.get_timer() == pytest.approx(0.6)
+    assert tracker.ack_due(0.6)
+    assert tracker.build_ack() == AckFrame(5, ((1, 3), (5, 5)))
+
+
+def test_ack_only_packets_do_not_count_toward_threshold() -> None:
+    """Only eliciting packets count toward the threshold."""
+    tracker = AckTracker(interval=10.0, threshold=3)
+    receive(tracker, [1, 2, 3, 4], 0.0, eliciting=False)
+    receive(tracker, [5, 6], 0.0)
+    assert not tracker.ack_due(0.0)
+    tracker.on_packet(7, True, 0.0)
+    assert tracker.ack_due(0.0)
+
+
+def test_ack_only_duplicates_are_detected() -> None:
+    """Duplicate detection applies to ack-only packets too."""
+    tracker = AckTracker()
+    assert tracker.on_packet(1, False, 0.0) is True
+    assert tracker.on_packet(1, False, 0.0) is False
+
+
+# --- Heartbeat ----------------------------------------------------------------------------------
+
+
+def test_heartbeat_pings_on_schedule() -> None:
+    """A Ping is due every interval; on_timer before the deadline sends nothing."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    assert hb.get_timer() == pytest.approx(1.0)
+    assert hb.on_timer(0.5) is False
+    assert hb.pings_sent == 0
+    assert hb.on_timer(1.0) is True
+    assert hb.pings_sent == 1
+    assert hb.get_timer() == pytest.approx(2.0)
+    hb.on_pong(1.1)
+    assert hb.on_timer(1.9) is False
+    assert hb.on_timer(2.0) is True
+    assert hb.pings_sent == 2
+    assert hb.get_timer() == pytest.approx(3.0)
+
+
+def test_late_timer_reschedules_from_now() -> None:
+    """A timer handled late schedules the next Ping one interval after it."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    assert hb.on_timer(1.7) is True
+    assert hb.get_timer() == pytest.approx(2.7)
+    assert hb.on_timer(2.5) is False
+
+
+def test_heartbeat_counts_missed_pongs() -> None:
+    """Each timer that finds a Ping still unanswered counts one miss."""
+    hb = Heartbeat(interval=1.0, miss_threshold=5, now=0.0)
+    assert hb.on_timer(1.0) is True
+    assert hb.missed == 0
+    assert hb.on_timer(2.0) is True
+    assert hb.missed == 1
+    assert hb.on_timer(3.0) is True
+    assert hb.missed == 2
+    assert not hb.failed
+
+
+def test_heartbeat_fails_after_miss_threshold() -> None:
+    """miss_threshold unanswered Pings in a row fail the path; then nothing is scheduled."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    assert [hb.on_timer(t) for t in (1.0, 2.0, 3.0)] == [True, True, True]
+    assert not hb.failed
+    assert hb.on_timer(4.0) is False
+    assert hb.failed
+    assert hb.missed == 3
+    assert hb.pings_sent == 3
+    assert hb.get_timer() is None
+    assert hb.on_timer(100.0) is False
+    assert hb.pings_sent == 3
+
+
+def test_heartbeat_threshold_one() -> None:
+    """With miss_threshold 1 the first unanswered interval fails the path."""
+    hb = Heartbeat(interval=0.5, miss_threshold=1, now=10.0)
+    assert hb.on_timer(10.5) is True
+    assert hb.on_timer(11.0) is False
+    assert hb.failed
+
+
+def test_pong_resets_missed_count() -> None:
+    """A pong clears the misses, so failure needs miss_threshold fresh misses."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    for t in (1.0, 2.0, 3.0):
+        hb.on_timer(t)
+    assert hb.missed == 2
+    hb.on_pong(3.5)
+    assert hb.missed == 0
+    assert hb.pongs_received == 1
+    assert hb.on_timer(4.0) is True
+    assert hb.on_timer(5.0) is True
+    assert hb.on_timer(6.0) is True
+    assert hb.missed == 2
+    assert not hb.failed
+    assert hb.on_timer(7.0) is False
+    assert hb.failed
+
+
+def test_pong_measures_rtt() -> None:
+    """on_pong records the time since the outstanding Ping was sent."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    assert hb.last_rtt is None
+    hb.on_timer(1.0)
+    hb.on_pong(1.25)
+    assert hb.last_rtt == pytest.approx(0.25)
+    hb.on_timer(2.25)
+    hb.on_pong(2.3)
+    assert hb.last_rtt == pytest.approx(0.05)
+
+
+def test_unsolicited_pong_keeps_last_rtt() -> None:
+    """A pong with no Ping outstanding counts but does not invent an RTT."""
+    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
+    hb.on_timer(1.0)
+    hb.on_pong(1.2)
+    hb.on_pong(1.9)
+    assert hb.pongs_received == 2
+    assert hb.last_rtt == pytest.approx(0.2)
+
+
+def test_ping_sent_outside_schedule_is_outstanding() -> None:
+    """on_ping_sent (the path's first record) starts an outstanding Ping that a pong answers."""
+    hb = Heartbeat(interval=1.0, miss_threshold=2, now=0.0)
+    hb.on_ping_sent(0.0)
+    assert hb.pings_sent == 1
+    assert hb.get_timer() == pytest.approx(1.0)
+    hb.on_pong(0.03)
+    assert hb.last_rtt == pytest.approx(0.03)
+    assert hb.missed == 0
+
+
+def test_unanswered_ping_outside_schedule_counts_as_missed() -> None:
+    """A Ping sent by on_ping_sent and never answered is a miss at the next timer."""
+    hb = Heartbeat(interval=1.0, miss_threshold=2, now=0.0)
+    hb.on_ping_sent(0.0)
+    assert hb.on_timer(1.0) is True
+    assert hb.missed == 1
+    assert hb.on_timer(2.0) is False
+    assert hb.failed
+
+
+@pytest.mark.parametrize(("interval", "threshold"), [(0.0, 3), (-1.0, 3), (1.0, 0)])
+def test_heartbeat_rejects_bad_arguments(interval: float, threshold: int) -> None:
+    """A non-positive interval or a miss_threshold below 1 is refused."""
+    with pytest.raises(ValueError):
+        Heartbeat(interval=interval, miss_threshold=threshold, now=0.0)
