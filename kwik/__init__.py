@@ -9,6 +9,7 @@ Entry points: :func:`dial_addr` (client) and :func:`listen_addr` (server).
 """
 
 from ._connect import dial_addr
+from ._pool import PoolStats, WorkerPool, close_global_worker_pool, get_global_worker_pool
 from .config import Config, PathPolicy, TLSConfig
 from .exceptions import (
     HandshakeError,
@@ -36,6 +37,7 @@ __all__ = [
     "PathError",
     "PathInfo",
     "PathPolicy",
+    "PoolStats",
     "ProtocolViolationError",
     "Relay",
     "Session",
@@ -44,8 +46,11 @@ __all__ = [
     "Stream",
     "StreamClosedError",
     "TLSConfig",
+    "WorkerPool",
     "__version__",
+    "close_global_worker_pool",
     "dial_addr",
     "generate_self_signed_cert",
+    "get_global_worker_pool",
     "listen_addr",
 ]

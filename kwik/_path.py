@@ -77,10 +77,16 @@ class PathOwner(Protocol):
 
 
 class RecordSink(Protocol):
-    """Where a path's records go when the worker pool is on."""
+    """Where a path's records go when the worker pool is on (``kwik._pool.WorkerPool``)."""
+
+    def has_room(self) -> bool: ...
+
+    def wait_room(self, path: Path) -> None:
+        """Call ``path.sink_ready()`` once there is room again."""
+        ...
 
     def submit(self, path: Path, record: memoryview) -> bool:
-        """Take ``record`` (copying it); return False when full (the path must pause)."""
+        """Take ``record`` (copying it); return False when now full (the path must pause)."""
         ...
 
 
@@ -276,14 +282,18 @@ class Path(QuicConnectionProtocol):
                 self.set_remote_address(peer)
 
     def pump(self) -> None:
-        """Take records out of the reader while the path may: blocked paths keep their bytes
-        (and so withhold flow-control credit)."""
+        """Take records out of the reader while the path may: a blocked path keeps its bytes
+        (and so withholds flow-control credit from its peer)."""
         if self.session is None or self.state is not PathState.ACTIVE:
             return
         reader = self._reader
-        sink = self.sink
         try:
             while not self._blockers and not self._sink_full:
+                sink = self.sink
+                if sink is not None and not sink.has_room():
+                    self._sink_full = True
+                    sink.wait_room(self)
+                    break
                 record = reader.next_record()
                 if record is None:
                     break
@@ -291,10 +301,9 @@ class Path(QuicConnectionProtocol):
                     self.process_record(record)
                 elif not sink.submit(self, record):
                     self._sink_full = True
+                    sink.wait_room(self)
         except ProtocolViolationError as exc:
             self.fail(f"protocol violation: {exc}")
-            return
-        self._after_records()
 
     def process_record(self, record: memoryview) -> None:
         """Decode one packet and dispatch its frames, unless it is a duplicate.
@@ -323,12 +332,10 @@ class Path(QuicConnectionProtocol):
             self.session._dispatch(self, packet.frames)
         except ProtocolViolationError as exc:
             self.fail(f"protocol violation: {exc}")
-
-    def _after_records(self) -> None:
-        now = self._loop.time()
-        if self._acks.ack_due(now):
+            return
+        if self._acks.ack_due(self._loop.time()):
             self.send_ack()
-        else:
+        elif self._ack_timer is None:
             self._arm_ack_timer()
 
     def on_ping(self) -> None:

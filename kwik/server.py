@@ -12,6 +12,7 @@ from aioquic.quic.connection import QuicConnection
 
 from ._addr import format_address, parse_address
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
+from ._pool import WorkerPool, acquire_pool, release_pool
 from .config import Config, TLSConfig
 from .exceptions import ListenerClosedError
 from .session import Session
@@ -44,6 +45,9 @@ class Listener:
         self._sessions: set[Session] = set()
         self._closed = False
         self._closed_event = asyncio.Event()
+        # an open listener holds a reference to the worker pool, so that sessions coming and
+        # going one at a time do not create and destroy it each time
+        self._pool: WorkerPool | None = acquire_pool(self) if config.worker_pool else None
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +160,9 @@ class Listener:
         self._backlog.clear()
         if self._server is not None:
             self._server.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            release_pool(pool, self)
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
@@ -194,12 +201,16 @@ async def listen_addr(
     config = config if config is not None else Config()
     host, port = parse_address(address)
     listener = Listener(config, tls_config)
-    qc = quic_configuration(is_client=False, tls=tls_config, config=config)
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: QuicServer(configuration=qc, create_protocol=listener._create_path),
-        local_addr=(host, port),
-    )
+    try:
+        qc = quic_configuration(is_client=False, tls=tls_config, config=config)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicServer(configuration=qc, create_protocol=listener._create_path),
+            local_addr=(host, port),
+        )
+    except BaseException:
+        await listener.close()
+        raise
     listener._server = protocol
     sockname = transport.get_extra_info("sockname")
     listener._addr = format_address(str(sockname[0]), int(sockname[1]))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._addr import parse_address
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path, PathState
+from ._pool import WorkerPool, acquire_pool, release_pool
 from .config import Config, TLSConfig
 from .exceptions import (
     KwikError,
@@ -538,6 +539,8 @@ class Session:
         # multipath, client side
         self._dialing: dict[str, list[Path]] = {}
         self._relayed: dict[tuple[int, int], _RelayedStream] = {}
+        self._pool: WorkerPool | None = acquire_pool(self) if config.worker_pool else None
+        self._released_pool: WorkerPool | None = None
         self._handlers: dict[type, Callable[[Path, Any], None]] = {
             StreamFrame: self._on_stream_frame,
             AckFrame: self._on_ack_frame,
@@ -609,6 +612,8 @@ class Session:
         self._next_path_id += 1
         path.attach(self, path_id, primary=primary)
         self._paths[path_id] = path
+        if self._pool is not None:
+            self._pool.attach(path)
         if primary:
             self._primary = path
         return path_id
@@ -1028,6 +1033,12 @@ class Session:
             return
         self._closed = exc
         logger.debug("session %d closed: %s", self.session_id, exc)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for path in self._paths.values():
+                pool.detach(path)
+            release_pool(pool, self)
+            self._released_pool = pool
         for stream in [*self._streams.values(), *self._opening.values()]:
             stream._on_session_closed(exc)
         for path in self._accept_blocked:
@@ -1112,6 +1123,10 @@ class Session:
         await self._close(CLOSE_FAILURE, reason, graceful=False)
 
     async def _wait_paths_terminated(self) -> None:
+        pool = self._released_pool
+        if pool is not None and pool.is_closed:
+            # this session was the pool's last holder: its workers end now
+            await pool.wait_closed()
         tasks = list(self._tasks)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -1129,6 +1144,9 @@ class Session:
     async def wait_closed(self) -> None:
         """Wait until the session is closed (by either side or because its paths failed)."""
         await self._closed_event.wait()
+        pool = self._released_pool
+        if pool is not None and pool.is_closed:
+            await pool.wait_closed()
 
     async def __aenter__(self) -> Session:
         return self
