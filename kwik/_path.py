@@ -450,6 +450,8 @@ class Path(QuicConnectionProtocol):
         self._local_close = True
         self.close_code = error_code
         self.close_reason = reason_phrase
+        # closed from kwik's point of view now; aioquic reports termination after draining
+        self.state = PathState.FAILED if error_code == CLOSE_FAILURE else PathState.CLOSED
         self._stop_timers()
         super().close(error_code, reason_phrase)
 

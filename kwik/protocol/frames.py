@@ -271,7 +271,9 @@ def _decode_frame(view: memoryview, pos: int) -> tuple[Frame, int]:
         _need(view, start, length, "Stream frame data")
         if fin > 1:
             raise ProtocolViolationError(f"Stream frame fin flag must be 0 or 1, got {fin}")
-        return StreamFrame(stream_id, offset, fin == 1, view[start : start + length]), start + length
+        return StreamFrame(
+            stream_id, offset, fin == 1, view[start : start + length]
+        ), start + length
     if ftype == FrameType.ACK:
         _need(view, pos, _ACK_HEAD.size, "Ack frame")
         _, largest, delay, count = _ACK_HEAD.unpack_from(view, pos)
@@ -305,7 +307,9 @@ def _decode_frame(view: memoryview, pos: int) -> tuple[Frame, int]:
         _, relay_path_id, stream_id, length = _RELAY.unpack_from(view, pos)
         start = pos + 25
         _need(view, start, length, "RelayData data")
-        return RelayDataFrame(relay_path_id, stream_id, view[start : start + length]), start + length
+        return RelayDataFrame(
+            relay_path_id, stream_id, view[start : start + length]
+        ), start + length
     if ftype == FrameType.OPEN_STREAM:
         _need(view, pos + 1, 8, "OpenStream frame")
         (stream_id,) = _U64.unpack_from(view, pos + 1)

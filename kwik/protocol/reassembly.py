@@ -107,9 +107,7 @@ class ReceiveBuffer:
                 raise ProtocolViolationError(
                     f"final offset changed from {self._final_offset} to {end}"
                 )
-            if end < self.contiguous_end or any(
-                s + len(c) > end for s, c in self._pending.items()
-            ):
+            if end < self.contiguous_end or any(s + len(c) > end for s, c in self._pending.items()):
                 raise ProtocolViolationError(f"fin at {end} is below data already received")
         elif self._final_offset is not None and end > self._final_offset:
             raise ProtocolViolationError(
