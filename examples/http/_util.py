@@ -1,0 +1,289 @@
+"""Pieces shared by the HTTP example's server, client and gateway.
+
+Nothing here parses HTTP: h11 does that. These helpers move bytes between an h11 connection and
+whatever carries it (a kwik stream or a TCP socket), pick apart URLs, filter hop-by-hop headers,
+build TLS configurations and draw the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import h11
+
+import kwik
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_MAX_HEAD",
+    "DEFAULT_PORT",
+    "HOP_BY_HOP_HEADERS",
+    "LOGGER",
+    "H11Event",
+    "ProgressBar",
+    "client_tls_config",
+    "decode_headers",
+    "format_size",
+    "header_value",
+    "next_event",
+    "parse_size",
+    "reason_phrase",
+    "server_tls_config",
+    "split_url",
+    "strip_hop_by_hop",
+]
+
+LOGGER = logging.getLogger("kwik.examples.http")
+
+#: Chunk size used when reading from streams, sockets and files.
+CHUNK_SIZE = 64 * 1024
+
+#: Default kwik port of the examples (there is no registered one).
+DEFAULT_PORT = 4433
+
+#: Default limit on a request head (request line + headers); larger heads get 431.
+DEFAULT_MAX_HEAD = 16 * 1024
+
+#: What ``h11.Connection.next_event`` can return (events and the two sentinels).
+H11Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+#: Connection-level headers (RFC 9110 section 7.6.1): meaningful on one hop only, never
+#: forwarded by the gateway. Framing (Content-Length aside) is redone by h11 on each hop.
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
+)
+
+
+async def next_event(conn: h11.Connection, receive: Callable[[], Awaitable[bytes]]) -> H11Event:
+    """Return h11's next event, feeding it with ``receive()`` while it needs data.
+
+    ``receive`` returns the next bytes of the transport, ``b""`` at end of stream (h11 turns a
+    premature end into :class:`h11.RemoteProtocolError`). Never returns ``h11.NEED_DATA``; may
+    return ``h11.PAUSED``.
+
+    Raises:
+        h11.RemoteProtocolError: the peer sent something that is not HTTP/1.1.
+    """
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await receive())
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` (``""`` for an unknown code)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The value of the first header called ``name`` (case-insensitive), or None."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def decode_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """h11's ``(bytes, bytes)`` headers as ``(str, str)``; names are already lowercase.
+
+    Values are decoded as Latin-1, which maps every byte, so nothing is lost.
+    """
+    return tuple((name.decode("ascii"), value.decode("latin-1")) for name, value in headers)
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without :data:`HOP_BY_HOP_HEADERS` and without the headers a ``Connection``
+    header names (RFC 9110 section 7.6.1)."""
+    headers = list(headers)
+    named: set[str] = set()
+    for key, value in headers:
+        if key.lower() == "connection":
+            named.update(token.strip().lower() for token in value.split(","))
+    return [
+        (key, value)
+        for key, value in headers
+        if key.lower() not in HOP_BY_HOP_HEADERS and key.lower() not in named
+    ]
+
+
+def split_url(url: str) -> tuple[str | None, str]:
+    """Split ``url`` into the kwik address ("host:port") and the request target.
+
+    Accepted forms: ``kwik://host:port/path?q`` (also ``https://`` and ``http://``, the scheme is
+    not used), ``host:port/path`` and a bare ``/path?q`` (address None). A missing port means
+    :data:`DEFAULT_PORT`; a missing path means ``/``.
+
+    Raises:
+        ValueError: the URL has no host or a port that is not a number.
+    """
+    if url.startswith("/"):
+        return None, url
+    if "://" not in url:
+        url = "kwik://" + url
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"no host in URL {url!r}")
+    port = parts.port if parts.port is not None else DEFAULT_PORT  # ValueError if not numeric
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return f"{host}:{port}", target
+
+
+def client_tls_config(
+    ca: str | None = None,
+    *,
+    cadata: bytes | None = None,
+    insecure: bool = False,
+    server_name: str | None = None,
+) -> kwik.TLSConfig:
+    """TLS for a client: trust the PEM file ``ca`` and/or ``cadata``, or nothing but the system
+    store, or skip verification altogether when ``insecure`` (development only)."""
+    if insecure:
+        return kwik.TLSConfig(insecure_skip_verify=True, server_name=server_name)
+    return kwik.TLSConfig(cafile=ca, cadata=cadata, server_name=server_name)
+
+
+def server_tls_config(
+    cert: str | None, key: str | None, hosts: Iterable[str] = ("localhost", "127.0.0.1")
+) -> tuple[kwik.TLSConfig, bytes]:
+    """TLS for a server: the PEM files ``cert``/``key``, or a fresh self-signed pair for
+    ``hosts`` when ``cert`` is None.
+
+    Returns the configuration and the certificate PEM, which is what clients must trust.
+
+    Raises:
+        ValueError: ``key`` without ``cert``.
+        OSError: a file cannot be read.
+    """
+    if cert is None:
+        if key is not None:
+            raise ValueError("--key needs --cert")
+        cert_pem, key_pem = kwik.generate_self_signed_cert(list(hosts))
+    else:
+        cert_pem = Path(cert).read_bytes()
+        key_pem = Path(key).read_bytes() if key is not None else cert_pem
+    return kwik.TLSConfig(certificate=cert_pem, private_key=key_pem), cert_pem
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"512"``, ``"64K"``, ``"32M"``, ``"1.5GiB"`` → bytes (binary units).
+
+    Raises:
+        ValueError: not a size.
+    """
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(size: float) -> str:
+    """Bytes as a short human string: ``"512 B"``, ``"1.5 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ProgressBar:
+    """A one-line text progress bar, redrawn in place on ``file`` (default: stderr).
+
+    Call it as ``bar(done, total)`` (``total`` None when unknown) each time bytes move, then
+    :meth:`finish`. It draws only when ``enabled``, which defaults to ``file.isatty()``, and
+    redraws at most every ``interval`` seconds. No dependency beyond the standard library.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        file: TextIO | None = None,
+        enabled: bool | None = None,
+        width: int = 30,
+        interval: float = 0.1,
+    ) -> None:
+        self.label = label
+        self.file = file if file is not None else sys.stderr
+        self.enabled = self.file.isatty() if enabled is None else enabled
+        self.width = width
+        self.interval = interval
+        self.done = 0
+        self.total: int | None = None
+        self._started = time.monotonic()
+        self._last_draw = -math.inf
+        self._shown: tuple[int, int | None] | None = None  # (done, total) last drawn
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done = done
+        self.total = total
+        now = time.monotonic()
+        complete = total is not None and done >= total
+        if now - self._last_draw >= self.interval or (complete and not self._is_shown()):
+            self._last_draw = now
+            self._draw(now)
+
+    def render(self, now: float | None = None) -> str:
+        """The bar as text, e.g. ``file.bin [#######.......]  50%  1.0 MiB/2.0 MiB  3.1 MiB/s``."""
+        elapsed = max((now if now is not None else time.monotonic()) - self._started, 1e-6)
+        rate = f"{format_size(self.done / elapsed)}/s"
+        if self.total:
+            fraction = min(self.done / self.total, 1.0)
+            filled = int(fraction * self.width)
+            bar = "#" * filled + "." * (self.width - filled)
+            return (
+                f"{self.label} [{bar}] {fraction:4.0%}  "
+                f"{format_size(self.done)}/{format_size(self.total)}  {rate}"
+            )
+        return f"{self.label} {format_size(self.done)}  {rate}"
+
+    def _is_shown(self) -> bool:
+        return self._shown == (self.done, self.total)
+
+    def _draw(self, now: float) -> None:
+        if not self.enabled:
+            return
+        self.file.write("\r" + self.render(now) + "\x1b[K")
+        self.file.flush()
+        self._shown = (self.done, self.total)
+
+    def finish(self) -> None:
+        """Draw the final state (unless it is on screen already) and end the line; nothing
+        when disabled."""
+        if not self.enabled:
+            return
+        if not self._is_shown():
+            self._draw(time.monotonic())
+        self.file.write("\n")
+        self.file.flush()
