@@ -57,6 +57,8 @@ _MAX_OPEN_ATTEMPTS = 16
 #: Out-of-order bytes a stream accepts beyond its receive buffer, before calling it a
 #: protocol violation: multi-server senders must keep their spread within it.
 _REORDER_WINDOW = 16 * 1024 * 1024
+#: Finished streams whose final offsets a session remembers, to drop their late frames.
+_RETIRED_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -340,7 +342,11 @@ class Stream:
             self._session._raise_if_closed()
             waiter = self._session._loop.create_future()
             self._write_waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            finally:
+                if waiter in self._write_waiters:
+                    self._write_waiters.remove(waiter)
 
     async def close(self) -> None:
         """Finish the sending side: FIN goes after what was written; reading still works.
@@ -525,6 +531,7 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._opening: dict[int, Stream] = {}
         self._next_stream_id = 1
+        self._retired: dict[int, int] = {}  # finished stream id -> final offset, oldest first
         self._accept_queue: deque[Stream] = deque()
         self._accept_waiter: asyncio.Future[None] | None = None
         self._accept_blocked: set[Path] = set()
@@ -708,6 +715,10 @@ class Session:
                 raise ProtocolViolationError("Stream frame for stream id 0")
             if self._closed is not None:
                 return
+            final = self._retired.get(frame.stream_id)
+            if final is not None and frame.offset + len(frame.data) <= final:
+                # a late frame of a finished stream (a secondary's FIN, say): nothing new
+                return
             # a Stream frame for an id never opened is an implicit open (spec §3)
             stream = self._new_remote_stream(path, frame.stream_id)
         stream._on_data(path, frame.offset, frame.data, frame.fin)
@@ -727,6 +738,7 @@ class Session:
             path.send_frames([OpenStreamRespFrame(stream_id, False)])
             return
         if stream_id not in self._streams:
+            self._retired.pop(stream_id, None)  # the peer reuses a finished stream's id
             self._new_remote_stream(path, stream_id)
         path.send_frames([OpenStreamRespFrame(stream_id, True)])
 
@@ -838,6 +850,11 @@ class Session:
         """Forget a stream that is finished both ways (its id may be reused by the peer)."""
         if stream._fin_sent and stream._recv.at_eof and self._streams.get(stream._id) is stream:
             del self._streams[stream._id]
+            # remember its final offset for a while: late frames of it must not revive it
+            retired = self._retired
+            retired[stream._id] = stream._recv.read_offset
+            if len(retired) > _RETIRED_MEMORY:
+                del retired[next(iter(retired))]
 
     def _on_flushed(self) -> None:
         if self._flushed is not None:

@@ -347,3 +347,38 @@ async def test_add_relay_is_for_servers(make_server, client_tls, config) -> None
 def test_certificates_differ() -> None:
     """Sanity: the shared test certificate is the one the fixtures serve."""
     assert CERT != KEY
+
+
+async def test_late_fin_of_finished_stream_is_not_a_new_stream(make_server, client_tls, config):
+    """A secondary's FIN that arrives after the client finished the stream both ways is
+    dropped, not taken for the peer opening a new stream."""
+    relay_streams: list[kwik.Stream] = []
+
+    async def keep(session: kwik.Session, stream: kwik.Stream) -> None:
+        relay_streams.append(stream)
+
+    secondary = await make_server(keep)
+
+    async def primary_side(session: kwik.Session, stream: kwik.Stream) -> None:
+        await stream.readexactly(1)
+        relay = await session.add_relay(secondary.addr)
+        await relay.send_raw_data(b"!", stream.stream_id)
+        await stream.write(b"0123456789")
+        await stream.close()
+
+    primary = await make_server(primary_side)
+    async with asyncio.timeout(20):
+        session = await kwik.dial_addr(primary.addr, client_tls, config)
+        stream = await session.open_stream_sync()
+        await stream.write(b"x")
+        assert await read_all(stream) == b"0123456789"
+        await stream.close()
+        while not relay_streams:
+            await asyncio.sleep(0.02)
+        late = relay_streams[0]
+        late.set_write_offset(10)
+        await late.close()  # FIN at the same final offset, on the other path
+        await asyncio.sleep(0.3)
+        assert not session._accept_queue
+        assert session.paths[1].packets_received >= 2
+        await session.close()

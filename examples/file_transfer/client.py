@@ -1,0 +1,322 @@
+"""The file_transfer client: download one file from a primary server and its relay.
+
+The client dials the primary only. The primary recruits the relay (``add_relay``), so the
+client's session gains a second path, to the relay; both servers write chunk records into the
+one logical stream the client opened, and the client reads it as an ordinary stream: metadata,
+then records in order, acknowledging each window. At the end it checks the size and SHA-256
+against the metadata and prints what each path carried.
+
+    python -m examples.file_transfer.client FILE                # from 127.0.0.1:4433
+    python -m examples.file_transfer.client -k FILE --out copy.bin --progress
+    python -m examples.file_transfer.client --ca cert.pem --addr host:4433 FILE
+
+The exit status is 0 only when the copy is exact. The client verifies the relay's certificate
+with the same trust settings as the primary's (``--ca`` may hold both certificates).
+
+Library::
+
+    result = await download("127.0.0.1:4433", "big.bin", kwik.TLSConfig(cadata=cert_pem))
+    assert result.exact
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import kwik
+
+from .._common import client_tls, setup_logging
+from .protocol import (
+    ACK,
+    APP_ERROR,
+    DEFAULT_PRIMARY_ADDR,
+    LOGGER,
+    RECORD_HEADER,
+    Layout,
+    Metadata,
+    ProtocolError,
+    encode_message,
+    read_message,
+)
+
+__all__ = [
+    "ProgressBar",
+    "TransferError",
+    "TransferResult",
+    "download",
+    "format_report",
+    "main",
+]
+
+
+class TransferError(Exception):
+    """The download failed before the end of the stream (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """The outcome of one download."""
+
+    file_name: str
+    out_path: Path
+    expected_size: int
+    expected_sha256: str
+    received_size: int
+    sha256: str
+    chunks: int
+    windows: int
+    elapsed: float
+    paths: tuple[kwik.PathInfo, ...]
+    """The client session's paths right after the stream ended (path 1: the primary)."""
+
+    @property
+    def exact(self) -> bool:
+        """The copy has the announced size and SHA-256."""
+        return self.received_size == self.expected_size and self.sha256 == self.expected_sha256
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received on every path together (kwik records, so a little above the file)."""
+        return sum(p.bytes_received for p in self.paths)
+
+    def path_share(self, path_id: int) -> float:
+        """Fraction of the received bytes that came on path ``path_id``."""
+        total = self.bytes_received
+        got = sum(p.bytes_received for p in self.paths if p.path_id == path_id)
+        return got / total if total else 0.0
+
+
+class ProgressBar:
+    """A one-line text progress bar, redrawn at most ten times a second."""
+
+    def __init__(self, total: int, out: TextIO, *, width: int = 30) -> None:
+        self.total = total
+        self.out = out
+        self.width = width
+        self.done = 0
+        self._started = time.monotonic()
+        self._last_draw = 0.0
+        self._drawn = -1
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more bytes; redraw if it is time."""
+        self.done += n
+        now = time.monotonic()
+        if now - self._last_draw >= 0.1 or self.done >= self.total:
+            self._draw(now)
+
+    def finish(self) -> None:
+        """Draw the final state (unless already shown) and end the line."""
+        if self._drawn != self.done:
+            self._draw(time.monotonic())
+        self.out.write("\n")
+        self.out.flush()
+
+    def _draw(self, now: float) -> None:
+        self._last_draw = now
+        self._drawn = self.done
+        fraction = self.done / self.total if self.total else 1.0
+        filled = round(fraction * self.width)
+        rate = self.done / max(now - self._started, 1e-6)
+        self.out.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% "
+            f"{_mib(self.done)}/{_mib(self.total)} MiB {_mib(rate)} MiB/s"
+        )
+        self.out.flush()
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1024 * 1024):.1f}"
+
+
+async def download(
+    addr: str,
+    file_name: str,
+    tls: kwik.TLSConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    config: kwik.Config | None = None,
+    progress: TextIO | None = None,
+    timeout: float = 30.0,
+) -> TransferResult:
+    """Download ``file_name`` from the primary server at ``addr`` into ``out``.
+
+    ``out`` defaults to ``downloaded_<file_name>`` in the current directory. ``progress``, when
+    given, receives a text progress bar. ``timeout`` bounds every wait for the servers (seconds
+    without a new record). The result tells whether the copy is exact; a copy with the wrong
+    size or digest is a result, not an error.
+
+    Raises:
+        TransferError: the server refused, broke the protocol, or went silent.
+        kwik.KwikError: the session could not be established or was closed.
+    """
+    started = time.monotonic()
+    out_path = Path(out) if out is not None else Path(f"downloaded_{Path(file_name).name}")
+    session = await kwik.dial_addr(addr, tls, config)
+    failure: str | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            stream = await session.open_stream_sync()
+            await stream.write(encode_message(file_name.encode()))
+            header = await read_message(stream)
+        if header is None:
+            raise TransferError("the server ended the stream without metadata")
+        meta, layout = Metadata.decode(header)
+        LOGGER.info(
+            "client: %s, %d bytes, %d chunks in %d windows, sha256 %s",
+            meta.file_name,
+            meta.file_size,
+            layout.total_chunks,
+            layout.total_windows,
+            meta.sha256,
+        )
+        bar = ProgressBar(meta.file_size, progress) if progress is not None else None
+        size, digest = await _receive(stream, layout, out_path, bar, timeout)
+        if bar is not None:
+            bar.finish()
+        await stream.close()
+        paths = tuple(session.paths)
+    except ProtocolError as exc:
+        failure = str(exc)
+        raise TransferError(failure) from None
+    except asyncio.IncompleteReadError as exc:
+        failure = f"the stream ended early ({len(exc.partial)} of {exc.expected} bytes read)"
+        raise TransferError(failure) from None
+    except TimeoutError:
+        failure = f"no progress for {timeout} s"
+        raise TransferError(failure) from None
+    finally:
+        if failure is not None:
+            await session.close_with_error(APP_ERROR, failure[:200])
+        else:
+            await session.close()
+    return TransferResult(
+        file_name=meta.file_name,
+        out_path=out_path,
+        expected_size=meta.file_size,
+        expected_sha256=meta.sha256,
+        received_size=size,
+        sha256=digest,
+        chunks=layout.total_chunks,
+        windows=layout.total_windows,
+        elapsed=time.monotonic() - started,
+        paths=paths,
+    )
+
+
+async def _receive(
+    stream: kwik.Stream, layout: Layout, out_path: Path, bar: ProgressBar | None, idle: float
+) -> tuple[int, str]:
+    """Read every record into ``out_path``, acknowledging each window; check the EOF.
+
+    Returns the bytes written and their SHA-256.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    loop = asyncio.get_running_loop()
+    with out_path.open("wb") as file:
+        async with asyncio.timeout(idle) as deadline:
+            for index in range(layout.total_chunks):
+                header = await stream.readexactly(RECORD_HEADER.size)
+                got_index, length = RECORD_HEADER.unpack(header)
+                if got_index != index or length != layout.chunk_length(index):
+                    raise ProtocolError(
+                        f"expected chunk {index} ({layout.chunk_length(index)} bytes) at "
+                        f"offset {layout.record_offset(index)}, got chunk {got_index} "
+                        f"({length} bytes)"
+                    )
+                data = await stream.readexactly(length)
+                file.write(data)
+                digest.update(data)
+                size += length
+                if bar is not None:
+                    bar.update(length)
+                window = layout.window_of(index)
+                if index == layout.window_chunks(window)[-1]:
+                    await stream.write(encode_message(ACK))
+                    LOGGER.debug("client: window %d acknowledged", window)
+                deadline.reschedule(loop.time() + idle)
+            rest = await stream.read(1)
+    if rest:
+        raise ProtocolError(f"data after the last record (offset {layout.total_length})")
+    return size, digest.hexdigest()
+
+
+def format_report(result: TransferResult) -> list[str]:
+    """Human-readable lines: the transfer, what each path carried, and the verdict."""
+    rate = result.received_size / max(result.elapsed, 1e-6)
+    lines = [
+        f"downloaded {result.file_name} -> {result.out_path}: {result.received_size} bytes, "
+        f"{result.chunks} chunks in {result.windows} windows, {result.elapsed:.2f} s "
+        f"({_mib(rate)} MiB/s)"
+    ]
+    for path in result.paths:
+        role = "primary" if path.is_primary else "relay"
+        lines.append(
+            f"  path {path.path_id} {role:7} {path.address:21} {path.state:7} "
+            f"received {path.bytes_received:>10} bytes "
+            f"({result.path_share(path.path_id) * 100:4.1f}%) in {path.packets_received} packets"
+        )
+    if result.exact:
+        lines.append(f"exact copy: {result.received_size} bytes, sha256 {result.sha256}")
+    else:
+        lines.append(
+            f"MISMATCH: got {result.received_size} bytes sha256 {result.sha256}, "
+            f"expected {result.expected_size} bytes sha256 {result.expected_sha256}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point of the client: 0 only for an exact copy."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.file_transfer.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", help="name of the file on the servers")
+    parser.add_argument("--addr", default=DEFAULT_PRIMARY_ADDR, help="primary server address")
+    parser.add_argument("--out", help="where to write the copy (default: downloaded_<FILE>)")
+    parser.add_argument("--ca", help="CA certificate(s) (PEM) to verify the servers")
+    parser.add_argument(
+        "-k", "--insecure", action="store_true", help="do not verify the servers' certificates"
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="progress bar on stderr even if not a tty"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds without progress")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    show_progress = args.progress or sys.stderr.isatty()
+    try:
+        result = asyncio.run(
+            download(
+                args.addr,
+                args.file,
+                client_tls(args.ca, args.insecure),
+                out=args.out,
+                progress=sys.stderr if show_progress else None,
+                timeout=args.timeout,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    except (TransferError, kwik.KwikError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in format_report(result):
+        print(line, flush=True)
+    return 0 if result.exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
