@@ -144,6 +144,7 @@ class Stream:
         self._recv_limit = config.stream_receive_buffer
         self._read_waiter: asyncio.Future[None] | None = None
         self._blocked_paths: set[Path] = set()
+        self._read_cancelled = False
         # send side: segments of [offset, bytes] not yet handed to a path
         self._segments: deque[list[Any]] = deque()
         self._send_buffered = 0
@@ -198,6 +199,8 @@ class Stream:
             return b""
         recv = self._recv
         while True:
+            if self._read_cancelled:
+                raise StreamClosedError(f"reading stream {self._id} was cancelled")
             if recv.readable:
                 data = recv.read(n)
                 self.bytes_read += len(data)
@@ -258,12 +261,35 @@ class Stream:
         """A Stream frame for this stream arrived on ``path`` (dispatch context)."""
         recv = self._recv
         became_readable = recv.receive(offset, data, fin)
+        if self._read_cancelled:
+            recv.read(-1)  # nobody will read: drop it, never block the path for it
+            if recv.at_eof:
+                self._session._maybe_retire(self)
+            return
         if became_readable or recv.complete:
             self._wake_reader()
         if recv.readable >= self._recv_limit and path not in self._blocked_paths:
             # the application is not reading: stop this path until it does
             self._blocked_paths.add(path)
             path.block(self)
+
+    def cancel_read(self) -> None:
+        """Stop reading: what is buffered and whatever the peer sends later is discarded.
+
+        Use it for a stream the application abandons. All streams of a path share its
+        transport stream, so unread data would otherwise stop the path (and its other streams)
+        once ``Config.stream_receive_buffer`` fills up. The peer is not told (KWIK v2 has no
+        STOP_SENDING); its data is simply dropped on arrival. Later reads raise
+        :class:`~kwik.StreamClosedError`. Writing is not affected.
+        """
+        if self._read_cancelled:
+            return
+        self._read_cancelled = True
+        self._recv.read(-1)
+        self._release_paths()
+        self._wake_reader()
+        if self._recv.at_eof:
+            self._session._maybe_retire(self)
 
     def get_read_offset(self) -> int:
         """Offset of the next byte :meth:`read` returns."""
@@ -325,19 +351,15 @@ class Stream:
             self._highest_written = self._write_offset
         self.bytes_written += size
         self._flush()
-        while self._send_buffered > self._send_limit:
-            self._session._raise_if_closed()
-            waiter = self._session._loop.create_future()
-            self._write_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._write_waiters:
-                    self._write_waiters.remove(waiter)
+        await self.drain()
         return size
 
     async def drain(self) -> None:
-        """Wait until the send buffer is under its limit (what :meth:`write` already does)."""
+        """Wait until the send buffer is under its limit (what :meth:`write` already does).
+
+        Raises:
+            SessionClosedError: the session closed while waiting.
+        """
         while self._send_buffered > self._send_limit:
             self._session._raise_if_closed()
             waiter = self._session._loop.create_future()

@@ -568,3 +568,36 @@ async def test_missed_heartbeats_fail_the_path(
         with pytest.raises(kwik.SessionClosedError) as exc:
             await session.open_stream()
         assert "heartbeat" in exc.value.reason
+
+
+async def test_cancel_read_unblocks_the_path(make_server, client_tls, config) -> None:
+    """A stream the application abandons with cancel_read() no longer stops its path: other
+    streams of the same session carry on, and later reads of it raise StreamClosedError."""
+
+    async def handler(session: kwik.Session, stream: kwik.Stream) -> None:
+        request = await stream.readexactly(1)
+        if request == b"B":  # big answer
+            await stream.write(os.urandom(2 * MIB))
+        else:
+            await stream.write(b"small answer")
+        await stream.close()
+
+    small = config.replace(stream_receive_buffer=64 * 1024)
+    server = await make_server(handler, small)
+    async with asyncio.timeout(30):
+        session = await kwik.dial_addr(server.addr, client_tls, small)
+        big = await session.open_stream_sync()
+        await big.write(b"B")
+        await asyncio.sleep(0.3)
+        path = session._primary
+        assert path is not None and path.is_blocked  # nobody reads the big answer
+        big.cancel_read()
+        with pytest.raises(kwik.StreamClosedError):
+            await big.read()
+        other = await session.open_stream_sync()
+        await other.write(b"S")
+        await other.close()
+        assert await read_all(other) == b"small answer"
+        assert not path.is_blocked
+        assert big._recv.buffered == 0
+        await session.close()
