@@ -189,15 +189,17 @@ class Path(QuicConnectionProtocol):
 
     # --- sending --------------------------------------------------------------------------------
 
-    def send_frames(self, frames: Sequence[Frame]) -> int:
+    def send_frames(self, frames: Sequence[Frame], payload: int = 0) -> int:
         """Send ``frames`` as one packet on the transport stream; return its size in bytes.
 
-        A pending acknowledgement rides along. Transmission happens on the next loop iteration.
+        A pending acknowledgement rides along on small packets (``payload``: the data bytes
+        the frames carry), never on full ones, so that a full packet still fits a 64 KiB
+        worker-pool buffer at the receiver. Transmission happens on the next loop iteration.
         Raises nothing: frames sent on a path that is no longer active are dropped.
         """
         if self.state is not PathState.ACTIVE or self._local_close:
             return 0
-        if self._acks.has_eliciting:
+        if self._acks.has_eliciting and payload <= _PIGGYBACK_LIMIT:
             ack = self._acks.build_ack()
             if ack is not None:
                 frames = [*frames, ack]
@@ -579,3 +581,5 @@ def _install_credit_control(quic: QuicConnection, path: Path) -> None:
 
 
 _MAX_STREAM_DATA_FRAME_CAPACITY = 1 + 2 * 8
+#: Largest data payload of a packet an Ack may ride along with.
+_PIGGYBACK_LIMIT = 32 * 1024

@@ -58,7 +58,9 @@ class Config:
     protocol violation."""
 
     max_stream_frame_data: int = 64 * 1024
-    """Most bytes of stream data kwik puts in one Stream frame."""
+    """Most bytes of stream data kwik puts in one Stream (or RelayData) frame. kwik caps it
+    further at 64 KiB minus the packet and frame headers (65,493 bytes), so that a full packet
+    fits one of the worker pool's 64 KiB buffers at the receiver."""
 
     stream_send_buffer: int = _MIB
     """Bytes a stream may hold written but not yet handed to QUIC; ``write`` waits above it."""

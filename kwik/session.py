@@ -57,6 +57,16 @@ _MAX_OPEN_ATTEMPTS = 16
 #: Out-of-order bytes a stream accepts beyond its receive buffer, before calling it a
 #: protocol violation: multi-server senders must keep their spread within it.
 _REORDER_WINDOW = 16 * 1024 * 1024
+#: Packets built around one Stream frame fit a worker-pool buffer (64 KiB) with their headers.
+_POOLED_PACKET = 64 * 1024
+_PACKET_AND_FRAME_HEADERS = 17 + 26
+
+
+def frame_data_limit(config: Config) -> int:
+    """Most data bytes kwik puts in one Stream or RelayData frame."""
+    return min(config.max_stream_frame_data, _POOLED_PACKET - _PACKET_AND_FRAME_HEADERS)
+
+
 #: Finished streams whose final offsets a session remembers, to drop their late frames.
 _RETIRED_MEMORY = 4096
 
@@ -149,7 +159,7 @@ class Stream:
         self._segments: deque[list[Any]] = deque()
         self._send_buffered = 0
         self._send_limit = config.stream_send_buffer
-        self._max_frame = config.max_stream_frame_data
+        self._max_frame = frame_data_limit(config)
         self._write_offset = 0
         self._highest_written = 0
         self._write_closed = False
@@ -428,7 +438,7 @@ class Stream:
                 and n == len(buf)
                 and end == self._final_offset
             )
-            path.send_frames([StreamFrame(stream_id, offset, fin, chunk)])
+            path.send_frames([StreamFrame(stream_id, offset, fin, chunk)], payload=n)
             if n < len(buf):
                 del buf[:n]
                 segment[0] = end
@@ -517,12 +527,11 @@ class Relay:
         if stream_id < 1:
             raise ValueError("stream_id must be at least 1")
         view = memoryview(data).cast("B")
-        chunk_size = session._config.max_stream_frame_data
+        chunk_size = frame_data_limit(session._config)
         for start in range(0, len(view), chunk_size):
             path = await session._wait_send_room()
-            path.send_frames(
-                [RelayDataFrame(self._path_id, stream_id, bytes(view[start : start + chunk_size]))]
-            )
+            chunk = bytes(view[start : start + chunk_size])
+            path.send_frames([RelayDataFrame(self._path_id, stream_id, chunk)], payload=len(chunk))
         return len(view)
 
 
@@ -1036,7 +1045,7 @@ class Session:
             target.want_room(key, lambda: path.unblock(key))
 
     def _forward(self, target: Path, stream_id: int, relayed: _RelayedStream, data: bytes) -> None:
-        target.send_frames([StreamFrame(stream_id, relayed.offset, False, data)])
+        target.send_frames([StreamFrame(stream_id, relayed.offset, False, data)], payload=len(data))
         relayed.offset += len(data)
 
     def _on_relay_open_resp(

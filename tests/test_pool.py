@@ -83,6 +83,7 @@ async def test_records_flow_through_pool_buffers_reused() -> None:
         assert stats.submitted >= 32
         assert stats.processed == stats.submitted
         assert stats.buffers_reused > stats.buffers_created
+        assert stats.oversized_records == 0  # a full Stream packet fits one pooled buffer
         assert stats.buffers_created <= stats.queue_capacity + 1
         assert stats.max_queued <= stats.queue_capacity
         await session.close()
