@@ -46,6 +46,7 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
     )
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        set_receive_buffer(sock, config.udp_receive_buffer)
         sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
         sock.setblocking(False)
         _, protocol = await loop.create_datagram_endpoint(
@@ -74,6 +75,14 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
         path.abort()
         raise
     return path
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a larger UDP receive buffer; the kernel may grant less, which is fine."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as exc:  # pragma: no cover - platform dependent
+        logger.debug("SO_RCVBUF %d refused: %s", size, exc)
 
 
 def _terminated_reason(path: Path) -> str:

@@ -65,8 +65,9 @@ class PoolStats:
 
     @property
     def reuse_ratio(self) -> float:
-        """Share of records copied into a reused buffer rather than a new one."""
-        total = self.buffers_created + self.buffers_reused
+        """Share of submitted records that went into a reused buffer (oversized records,
+        which get a buffer of their own, count as not reused)."""
+        total = self.buffers_created + self.buffers_reused + self.oversized_records
         return self.buffers_reused / total if total else 0.0
 
 

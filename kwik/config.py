@@ -77,6 +77,11 @@ class Config:
     """QUIC flow-control credit of a path's transport stream beyond what kwik has processed:
     the most a peer can have in flight towards a path kwik is not reading."""
 
+    udp_receive_buffer: int = 4 * _MIB
+    """SO_RCVBUF asked for every UDP socket kwik opens (the kernel caps it at
+    ``net.core.rmem_max``). The default 208 KiB drops datagrams as soon as the event loop
+    falls behind, e.g. with dozens of sessions on one listener."""
+
     max_paths: int = 8
     """Most paths a client session keeps open at once (the primary included)."""
 
@@ -138,6 +143,7 @@ class Config:
             "path_send_window",
             "path_receive_window",
             "max_paths",
+            "udp_receive_buffer",
             "accept_backlog",
             "stream_backlog",
         ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection
 
 from ._addr import format_address, parse_address
+from ._connect import set_receive_buffer
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
 from ._pool import WorkerPool, acquire_pool, release_pool
 from .config import Config, TLSConfig
@@ -189,6 +191,21 @@ class Listener:
             raise StopAsyncIteration from None
 
 
+async def _bound_socket(host: str, port: int, config: Config) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_receive_buffer(sock, config.udp_receive_buffer)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def listen_addr(
     address: str, tls_config: TLSConfig, config: Config | None = None
 ) -> Listener:
@@ -204,9 +221,10 @@ async def listen_addr(
     loop = asyncio.get_running_loop()
     try:
         qc = quic_configuration(is_client=False, tls=tls_config, config=config)
+        sock = await _bound_socket(host, port, config)
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: QuicServer(configuration=qc, create_protocol=listener._create_path),
-            local_addr=(host, port),
+            sock=sock,
         )
     except BaseException:
         await listener.close()
