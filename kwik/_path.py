@@ -192,14 +192,15 @@ class Path(QuicConnectionProtocol):
     def send_frames(self, frames: Sequence[Frame], payload: int = 0) -> int:
         """Send ``frames`` as one packet on the transport stream; return its size in bytes.
 
-        A pending acknowledgement rides along on small packets (``payload``: the data bytes
-        the frames carry), never on full ones, so that a full packet still fits a 64 KiB
-        worker-pool buffer at the receiver. Transmission happens on the next loop iteration.
-        Raises nothing: frames sent on a path that is no longer active are dropped.
+        A pending acknowledgement rides along once half of ``ack_threshold`` packets wait for
+        it, but only on small packets (``payload``: the data bytes the frames carry), so that
+        a full packet still fits a 64 KiB worker-pool buffer at the receiver. Transmission
+        happens on the next loop iteration (or at once, see :meth:`transmit_now`). Raises
+        nothing: frames sent on a path that is no longer active are dropped.
         """
         if self.state is not PathState.ACTIVE or self._local_close:
             return 0
-        if self._acks.has_eliciting and payload <= _PIGGYBACK_LIMIT:
+        if payload <= _PIGGYBACK_LIMIT and self._acks.worth_piggybacking:
             ack = self._acks.build_ack()
             if ack is not None:
                 frames = [*frames, ack]
@@ -213,6 +214,17 @@ class Path(QuicConnectionProtocol):
         self.packets_sent += 1
         self._transmit_soon()
         return len(record)
+
+    def transmit_now(self) -> None:
+        """Send what is pending at once instead of on the next loop iteration.
+
+        For writes that emptied a stream's buffer (like TCP_NODELAY): a small message leaves
+        one loop iteration earlier. Large writes keep coalescing through ``_transmit_soon``.
+        """
+        handle = self._transmit_task
+        if handle is not None and self.state is PathState.ACTIVE:
+            handle.cancel()
+            self.transmit()
 
     def unacked_bytes(self) -> int:
         """Bytes handed to QUIC on the transport stream and not yet acknowledged by the peer."""

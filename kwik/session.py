@@ -361,6 +361,10 @@ class Stream:
             self._highest_written = self._write_offset
         self.bytes_written += size
         self._flush()
+        if not self._segments:
+            path = self._session._send_path()
+            if path is not None:
+                path.transmit_now()
         await self.drain()
         return size
 

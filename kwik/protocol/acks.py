@@ -101,6 +101,13 @@ class AckTracker:
         """Whether an ack-eliciting packet is waiting for an Ack."""
         return self._eliciting > 0
 
+    @property
+    def worth_piggybacking(self) -> bool:
+        """Whether an Ack is worth adding to a packet being sent anyway: half the threshold
+        of ack-eliciting packets is waiting. (Acking every packet would double the frames
+        each side encodes and decodes; the timer covers the rest.)"""
+        return self._eliciting * 2 >= self.threshold
+
     def get_timer(self) -> float | None:
         """When an Ack becomes due, or None when none is waiting."""
         if self._eliciting >= self.threshold:
