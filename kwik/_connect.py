@@ -110,7 +110,6 @@ async def dial_addr(
     tls = tls_config if tls_config is not None else TLSConfig()
     path = await connect_path(address, tls, config)
     session = Session(is_client=True, config=config, tls=tls)
-    session._add_path(path, primary=True)
-    path.start_client()
+    session._add_path(path, primary=True)  # the first record already left (start_client)
     logger.debug("session %d dialed %s", session.session_id, address)
     return session

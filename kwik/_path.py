@@ -178,7 +178,13 @@ class Path(QuicConnectionProtocol):
     # --- client start ---------------------------------------------------------------------------
 
     def start_client(self) -> None:
-        """Send the first record at once (a Ping) and start the heartbeat (spec §3 path start)."""
+        """Send the first record at once (a Ping) and start the heartbeat (spec §3 path start).
+
+        Called from the HandshakeCompleted event, before aioquic transmits, so the record
+        leaves together with the client's last handshake flight: the server learns of the
+        session one loop iteration (and one datagram) sooner.
+        """
+        self.state = PathState.ACTIVE
         now = self._loop.time()
         self._heartbeat = Heartbeat(
             self.config.heartbeat_interval, self.config.heartbeat_miss_threshold, now
@@ -294,6 +300,8 @@ class Path(QuicConnectionProtocol):
             peer = self._quic._network_paths[0].addr if self._quic._network_paths else None
             if peer is not None and not self.remote_address:
                 self.set_remote_address(peer)
+            if self.is_client and self.state is PathState.CONNECTING:
+                self.start_client()
 
     def pump(self) -> None:
         """Take records out of the reader while the path may: a blocked path keeps its bytes

@@ -656,6 +656,7 @@ class Session:
         self._paths[path_id] = path
         if self._pool is not None:
             self._pool.attach(path)
+        path.pump()  # records that arrived before the session existed (the Ping's echo)
         if primary:
             self._primary = path
         return path_id
@@ -1011,7 +1012,6 @@ class Session:
             else:
                 new_path.dialed_as = address
                 path_id = self._add_path(new_path, primary=False)
-                new_path.start_client()
                 logger.info("session %d: path %d to relay %s", self.session_id, path_id, address)
         finally:
             requesters = self._dialing.pop(address, [])
