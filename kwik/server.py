@@ -15,6 +15,7 @@ from ._addr import format_address, parse_address
 from ._connect import set_receive_buffer
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
 from ._pool import WorkerPool, acquire_pool, release_pool
+from ._waiters import Waiters
 from .config import Config, TLSConfig
 from .exceptions import ListenerClosedError
 from .session import Session
@@ -43,7 +44,7 @@ class Listener:
         self._server: QuicServer | None = None
         self._addr = ""
         self._backlog: deque[Session] = deque()
-        self._accept_waiter: asyncio.Future[None] | None = None
+        self._accept_waiters = Waiters()
         self._sessions: set[Session] = set()
         self._closed = False
         self._closed_event = asyncio.Event()
@@ -97,9 +98,7 @@ class Listener:
         session._add_path(path, primary=True)
         self._sessions.add(session)
         self._backlog.append(session)
-        waiter = self._accept_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._accept_waiters.wake_all()
         logger.debug(
             "listener %s: session %d from %s", self._addr, session.session_id, path.remote_address
         )
@@ -122,14 +121,7 @@ class Listener:
                     return session
             if self._closed:
                 raise ListenerClosedError(f"listener {self._addr} is closed")
-            if self._accept_waiter is not None:
-                raise RuntimeError("another coroutine is already accepting sessions")
-            waiter = self._loop.create_future()
-            self._accept_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._accept_waiter = None
+            await self._accept_waiters.wait()
 
     async def close(self) -> None:
         """Stop accepting, close every session gracefully (code 0), then the socket.
@@ -141,9 +133,7 @@ class Listener:
             await self._closed_event.wait()
             return
         self._closed = True
-        waiter = self._accept_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._accept_waiters.wake_all()
         sessions = list(self._sessions)
         if sessions:
             graceful = [asyncio.ensure_future(s.close()) for s in sessions]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._addr import parse_address
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path, PathState
 from ._pool import WorkerPool, acquire_pool, release_pool
+from ._waiters import Waiters
 from .config import Config, TLSConfig
 from .exceptions import (
     KwikError,
@@ -568,7 +569,7 @@ class Session:
         self._next_stream_id = 1
         self._retired: dict[int, int] = {}  # finished stream id -> final offset, oldest first
         self._accept_queue: deque[Stream] = deque()
-        self._accept_waiter: asyncio.Future[None] | None = None
+        self._accept_waiters = Waiters()
         self._accept_blocked: set[Path] = set()
         self._closed: SessionClosedError | None = None
         self._closed_event = asyncio.Event()
@@ -808,9 +809,7 @@ class Session:
         stream = Stream(self, stream_id, confirmed=True)
         self._streams[stream_id] = stream
         self._accept_queue.append(stream)
-        waiter = self._accept_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._accept_waiters.wake_all()
         if len(self._accept_queue) >= self._config.stream_backlog:
             self._accept_blocked.add(path)
             path.block(self)
@@ -873,14 +872,7 @@ class Session:
                         path.unblock(self)
                 return stream
             self._raise_if_closed()
-            if self._accept_waiter is not None:
-                raise RuntimeError("another coroutine is already accepting streams")
-            waiter = self._loop.create_future()
-            self._accept_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._accept_waiter = None
+            await self._accept_waiters.wait()
 
     def _maybe_retire(self, stream: Stream) -> None:
         """Forget a stream that is finished both ways (its id may be reused by the peer)."""
@@ -1096,9 +1088,7 @@ class Session:
         for path in self._accept_blocked:
             path.unblock(self)
         self._accept_blocked.clear()
-        waiter = self._accept_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._accept_waiters.wake_all()
         for waiters in self._add_path_waiters.values():
             for add_waiter in waiters:
                 if not add_waiter.done():

@@ -599,3 +599,38 @@ async def test_cancel_read_unblocks_the_path(make_server, client_tls, config) ->
         assert not path.is_blocked
         assert big._recv.buffered == 0
         await session.close()
+
+
+async def test_concurrent_accept_stream_calls(make_server, client_tls, config) -> None:
+    """Several coroutines may wait in accept_stream() at once; each gets a distinct stream."""
+    server = await make_server(handler=None)
+    async with asyncio.timeout(20):
+        session = await dial(server, client_tls, config)
+        await server.session_arrived.wait()
+        server_session = server.sessions[0]
+        acceptors = [asyncio.create_task(server_session.accept_stream()) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        opened = [await session.open_stream_sync() for _ in range(4)]
+        accepted = await asyncio.gather(*acceptors)
+        assert sorted(s.stream_id for s in accepted) == sorted(s.stream_id for s in opened)
+        await session.close()
+
+
+async def test_concurrent_listener_accept_calls(server_tls, client_tls, config) -> None:
+    """Several coroutines may wait in Listener.accept() at once; close() wakes the rest."""
+    async with asyncio.timeout(20):
+        listener = await kwik.listen_addr("127.0.0.1:0", server_tls, config)
+        acceptors = [asyncio.create_task(listener.accept()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        clients = [await kwik.dial_addr(listener.addr, client_tls, config) for _ in range(2)]
+        while sum(task.done() for task in acceptors) < 2:
+            await asyncio.sleep(0.02)
+        await listener.close()
+        results = await asyncio.gather(*acceptors, return_exceptions=True)
+        sessions = [r for r in results if isinstance(r, kwik.Session)]
+        assert len(sessions) == 2
+        assert [type(r) for r in results if not isinstance(r, kwik.Session)] == [
+            kwik.ListenerClosedError
+        ]
+        for client in clients:
+            await client.wait_closed()
