@@ -43,6 +43,8 @@ logger = logging.getLogger("kwik.pool")
 
 BUFFER_SIZE = 64 * 1024
 QUEUE_PER_WORKER = 10
+#: Records a worker processes before yielding to the event loop.
+BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class WorkerPool:
         self._queue: deque[tuple[Path, bytearray, int]] = deque()
         self._free: list[bytearray] = []
         self._idle: deque[asyncio.Future[None]] = deque()
+        self._active = self.workers  # workers not parked in _idle
         self._waiting: dict[Path, None] = {}  # paths paused for room, in order
         self._paths: set[Path] = set()
         self._holders: set[object] = set()
@@ -170,7 +173,7 @@ class WorkerPool:
             else:
                 buffer = bytearray(BUFFER_SIZE)
                 self.buffers_created += 1
-            buffer[:size] = record
+            memoryview(buffer)[:size] = record  # no temporary copy
         else:
             buffer = bytearray(record)
             self.oversized_records += 1
@@ -179,9 +182,11 @@ class WorkerPool:
         self.submitted += 1
         if len(queue) > self.max_queued:
             self.max_queued = len(queue)
-        if self._idle:
+        if not self._active and self._idle:
+            # one awake worker drains the queue; waking more would only add task switches
             waiter = self._idle.popleft()
             if not waiter.done():
+                self._active += 1
                 waiter.set_result(None)
         return len(queue) < self.capacity
 
@@ -205,10 +210,17 @@ class WorkerPool:
             if not queue:
                 waiter = self._loop.create_future()
                 self._idle.append(waiter)
-                await waiter
+                self._active -= 1
+                try:
+                    await waiter
+                finally:
+                    if not waiter.done() or waiter.cancelled():
+                        self._active += 1  # cancelled while idle: keep the count right
                 continue
-            self._process_one()
-            # let the other workers, the paths and the application run between records
+            # a batch, then let the paths and the application run (records are dispatched
+            # synchronously, so yielding per record would only add loop iterations)
+            for _ in range(min(len(queue), BATCH)):
+                self._process_one()
             await asyncio.sleep(0)
 
     def _process_one(self) -> None:

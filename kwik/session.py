@@ -68,6 +68,9 @@ def frame_data_limit(config: Config) -> int:
     return min(config.max_stream_frame_data, _POOLED_PACKET - _PACKET_AND_FRAME_HEADERS)
 
 
+#: Writes up to this size are transmitted at once rather than on the next loop iteration.
+_NODELAY_WRITE = 16 * 1024
+
 #: Finished streams whose final offsets a session remembers, to drop their late frames.
 _RETIRED_MEMORY = 4096
 
@@ -362,7 +365,8 @@ class Stream:
             self._highest_written = self._write_offset
         self.bytes_written += size
         self._flush()
-        if not self._segments:
+        if size <= _NODELAY_WRITE and not self._segments:
+            # a small message leaves now (like TCP_NODELAY); bulk writes keep coalescing
             path = self._session._send_path()
             if path is not None:
                 path.transmit_now()
