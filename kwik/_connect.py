@@ -49,9 +49,10 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
         set_receive_buffer(sock, config.udp_receive_buffer)
         sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
         sock.setblocking(False)
-        _, protocol = await loop.create_datagram_endpoint(
+        transport, protocol = await loop.create_datagram_endpoint(
             lambda: Path(quic, is_client=True, config=config), sock=sock
         )
+        tune_datagram_transport(transport)
     except BaseException:
         sock.close()
         raise
@@ -75,6 +76,19 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
         path.abort()
         raise
     return path
+
+
+#: Largest UDP payload (65,535 - 8 - 20). asyncio's selector transport otherwise receives
+#: every datagram into a fresh 256 KiB buffer, an allocation above glibc's mmap threshold
+#: that costs more CPU than aioquic's whole processing of the datagram in some heap states.
+MAX_UDP_PAYLOAD = 65_507
+
+
+def tune_datagram_transport(transport: object) -> None:
+    """Receive each datagram into a buffer no larger than a UDP payload can be (asyncio's
+    selector loop; uvloop sizes its buffers itself)."""
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = MAX_UDP_PAYLOAD  # type: ignore[attr-defined]
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> None:

@@ -12,7 +12,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection
 
 from ._addr import format_address, parse_address
-from ._connect import set_receive_buffer
+from ._connect import set_receive_buffer, tune_datagram_transport
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
 from ._pool import WorkerPool, acquire_pool, release_pool
 from ._waiters import Waiters
@@ -219,6 +219,7 @@ async def listen_addr(
     except BaseException:
         await listener.close()
         raise
+    tune_datagram_transport(transport)
     listener._server = protocol
     sockname = transport.get_extra_info("sockname")
     listener._addr = format_address(str(sockname[0]), int(sockname[1]))
