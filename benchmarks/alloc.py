@@ -10,7 +10,8 @@ same lower bound for every system measured, which is what a comparison needs.
 asyncio's datagram transport receives every datagram into a fresh 256 KiB buffer that it then
 shrinks: tracemalloc would count 256 KiB per datagram, for both systems alike, drowning what
 the systems themselves allocate. While it meters, the meter lowers that receive size
-(``_SelectorDatagramTransport.max_size``, a class attribute) to ``recv_size`` bytes, which must
+(``_SelectorDatagramTransport.max_size``, the class attribute, and the instance attribute kwik
+sets on its own transports) to ``recv_size`` bytes, which must
 be at least the largest datagram the peer sends (its ``max_datagram_size``). uvloop receives
 into a static buffer and needs no such change.
 
@@ -21,6 +22,7 @@ down several times: throughput is never measured in a run that meters allocation
 from __future__ import annotations
 
 import asyncio
+import gc
 import tracemalloc
 from asyncio import selector_events
 from typing import Any
@@ -34,6 +36,7 @@ class AllocationMeter:
     def __init__(self, recv_size: int = 2048) -> None:
         self._recv_size = recv_size
         self._saved_recv_size: int | None = None
+        self._instances: list[tuple[Any, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.Handle | None = None
         self._started_tracing = False
@@ -49,6 +52,14 @@ class AllocationMeter:
         transport: Any = getattr(selector_events, "_SelectorDatagramTransport")  # noqa: B009
         self._saved_recv_size = transport.__dict__.get("max_size", 0)
         transport.max_size = self._recv_size
+        # kwik sets its own transports' receive size per instance (64 KiB): lower those too
+        self._instances = [
+            (obj, obj.__dict__["max_size"])
+            for obj in gc.get_objects()
+            if isinstance(obj, transport) and "max_size" in obj.__dict__
+        ]
+        for obj, _ in self._instances:
+            obj.max_size = self._recv_size
         if not tracemalloc.is_tracing():
             tracemalloc.start()
             self._started_tracing = True
@@ -82,6 +93,9 @@ class AllocationMeter:
         if self._started_tracing:
             tracemalloc.stop()
             self._started_tracing = False
+        for obj, size in self._instances:
+            obj.max_size = size
+        self._instances = []
         if self._saved_recv_size is not None:
             transport: Any = getattr(selector_events, "_SelectorDatagramTransport")  # noqa: B009
             if self._saved_recv_size:
