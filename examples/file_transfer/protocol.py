@@ -52,12 +52,15 @@ import hashlib
 import json
 import logging
 import struct
-from collections.abc import Awaitable
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import kwik
+
+from .._common import load_or_generate_tls
 
 __all__ = [
     "ACK",
@@ -437,3 +440,26 @@ async def until_session_end(handler: Awaitable[None]) -> None:
         await handler
     except (kwik.SessionClosedError, kwik.StreamClosedError) as exc:
         LOGGER.debug("handler ended: %s", exc)
+
+
+def serve_cli(
+    addr: str, cert: str | None, key: str | None, serve: Callable[[kwik.Listener], Awaitable[None]]
+) -> int:
+    """Run ``serve`` on a listener at ``addr`` until interrupted; the process exit status."""
+
+    async def run() -> None:
+        tls, _ = load_or_generate_tls(cert, key)
+        listener = await kwik.listen_addr(addr, tls)
+        try:
+            await serve(listener)
+        finally:
+            await listener.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except (kwik.KwikError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import kwik
 
-from .._common import load_or_generate_tls, setup_logging
+from .._common import setup_logging
 from .protocol import (
     APP_ERROR,
     DEFAULT_RELAY_ADDR,
@@ -36,6 +36,7 @@ from .protocol import (
     read_chunk,
     read_message,
     resolve_file,
+    serve_cli,
     until_session_end,
 )
 
@@ -141,22 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--files {args.files}: not a directory")
     setup_logging(args.verbose)
 
-    async def run() -> None:
-        tls, _ = load_or_generate_tls(args.cert, args.key)
-        listener = await kwik.listen_addr(args.addr, tls)
-        try:
-            await run_relay(listener, files_dir)
-        finally:
-            await listener.close()
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        return 130
-    except (kwik.KwikError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_cli(
+        args.addr, args.cert, args.key, lambda listener: run_relay(listener, files_dir)
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import kwik
 
-from .._common import load_or_generate_tls, setup_logging
+from .._common import setup_logging
 from .client import TransferError, download, format_report
 from .protocol import (
     ACK,
@@ -49,6 +49,7 @@ from .protocol import (
     read_chunk,
     read_message,
     resolve_file,
+    serve_cli,
     until_session_end,
 )
 from .relay import run_relay
@@ -290,22 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--files {args.files}: not a directory")
     relay_addr = None if args.relay.lower() == "none" else args.relay
 
-    async def run() -> None:
-        tls, _ = load_or_generate_tls(args.cert, args.key)
-        listener = await kwik.listen_addr(args.addr, tls)
-        try:
-            await run_primary(listener, files_dir, relay_addr, ack_timeout=args.ack_timeout)
-        finally:
-            await listener.close()
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        return 130
-    except (kwik.KwikError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_cli(
+        args.addr,
+        args.cert,
+        args.key,
+        lambda listener: run_primary(listener, files_dir, relay_addr, ack_timeout=args.ack_timeout),
+    )
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ build TLS configurations and draw the progress bar.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
 import math
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from http import HTTPStatus
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import h11
@@ -287,3 +289,26 @@ class ProgressBar:
             self._draw(time.monotonic())
         self.file.write("\n")
         self.file.flush()
+
+
+def run_cli(
+    args: argparse.Namespace, run: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> int:
+    """Configure logging from ``args.verbose`` (a count), run ``run(args)``; the exit status.
+
+    Logging: ``-v`` shows kwik's and aioquic's messages too, ``-vv`` everything at DEBUG.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kwik").setLevel(logging.WARNING)
+        logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
+        LOGGER.setLevel(logging.INFO)
+    try:
+        asyncio.run(run(args))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

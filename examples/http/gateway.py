@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +33,7 @@ from ._util import (
     header_value,
     next_event,
     reason_phrase,
+    run_cli,
     strip_hop_by_hop,
 )
 from .client import Client, InvalidResponseError
@@ -342,21 +342,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("kwik").setLevel(logging.WARNING)
-        logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
-        LOGGER.setLevel(logging.INFO)
-    try:
-        asyncio.run(_run(args))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(_parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import html
 import json
-import logging
 import mimetypes
 import os
 import re
@@ -55,6 +54,7 @@ from ._util import (
     next_event,
     parse_size,
     reason_phrase,
+    run_cli,
     server_tls_config,
 )
 
@@ -1024,21 +1024,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-        format="%(asctime)s %(name)s %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("kwik").setLevel(logging.WARNING)
-        logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
-        LOGGER.setLevel(logging.INFO)
-    try:
-        asyncio.run(_run(args))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(_parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":
