@@ -87,7 +87,9 @@ MAX_UDP_PAYLOAD = 65_507
 def tune_datagram_transport(transport: object) -> None:
     """Receive each datagram into a buffer no larger than a UDP payload can be (asyncio's
     selector loop; uvloop sizes its buffers itself)."""
-    if isinstance(getattr(transport, "max_size", None), int):
+    current = getattr(transport, "max_size", None)
+    if isinstance(current, int) and current > MAX_UDP_PAYLOAD:
+        # only ever lower it: an application (or a meter) may have chosen smaller already
         transport.max_size = MAX_UDP_PAYLOAD  # type: ignore[attr-defined]
 
 

@@ -44,7 +44,7 @@ logger = logging.getLogger("kwik.pool")
 BUFFER_SIZE = 64 * 1024
 QUEUE_PER_WORKER = 10
 #: Records a worker processes before yielding to the event loop.
-BATCH = 16
+BATCH = 4
 
 
 @dataclass(frozen=True)
