@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 from aioquic.quic.connection import QuicConnection
 
+from . import _aioquic
 from ._addr import parse_address
 from ._path import Path
 from .config import Config, TLSConfig
@@ -20,10 +22,18 @@ __all__ = ["connect_path", "dial_addr"]
 logger = logging.getLogger("kwik.client")
 
 
-async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
+async def connect_path(
+    address: str,
+    tls: TLSConfig,
+    config: Config,
+    *,
+    on_handshake: Callable[[Path], None] | None = None,
+) -> Path:
     """Open one QUIC connection to ``address`` and complete its handshake.
 
-    The returned path owns its UDP socket. It is not attached to a session yet.
+    Resolution and handshake share one ``config.handshake_timeout``. ``on_handshake`` is
+    called with the path when the handshake completes, before aioquic sends its last flight,
+    so that a record written then leaves with it. The returned path owns its UDP socket.
 
     Raises:
         ValueError: ``address`` is not "host:port".
@@ -33,47 +43,52 @@ async def connect_path(address: str, tls: TLSConfig, config: Config) -> Path:
     """
     host, port = parse_address(address)
     loop = asyncio.get_running_loop()
+    path: Path | None = None
     try:
         async with asyncio.timeout(config.handshake_timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except TimeoutError:
-        raise HandshakeTimeoutError(f"resolving {host!r} took too long") from None
-    except OSError as exc:
-        raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
-    family, _, _, _, addr = infos[0]
-    quic = QuicConnection(
-        configuration=quic_configuration(is_client=True, tls=tls, config=config, server_name=host)
-    )
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        set_receive_buffer(sock, config.udp_receive_buffer)
-        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-        sock.setblocking(False)
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: Path(quic, is_client=True, config=config), sock=sock
-        )
-        tune_datagram_transport(transport)
-    except BaseException:
-        sock.close()
-        raise
-    path = protocol
-    path.set_remote_address(addr)
-    path.dialed_as = address
-    try:
-        async with asyncio.timeout(config.handshake_timeout):
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
+            family, _, _, _, addr = infos[0]
+            quic = QuicConnection(
+                configuration=quic_configuration(
+                    is_client=True, tls=tls, config=config, server_name=host
+                )
+            )
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                set_receive_buffer(sock, config.udp_receive_buffer)
+                sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+                sock.setblocking(False)
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: Path(quic, is_client=True, config=config), sock=sock
+                )
+                tune_datagram_transport(transport)
+            except BaseException:
+                sock.close()
+                raise
+            path = protocol
+            path.set_remote_address(addr)
+            path.dialed_as = address
+            path.on_handshake = on_handshake
             path.connect(addr)
             await path.wait_connected()
     except TimeoutError:
-        path.abort()
+        if path is not None:
+            path.abort()
         raise HandshakeTimeoutError(
             f"no QUIC handshake with {address} within {config.handshake_timeout} s"
         ) from None
     except ConnectionError as exc:
-        reason = path.close_reason or _terminated_reason(path)
-        path.abort()
+        reason = "connection refused"
+        if path is not None:
+            reason = path.close_reason or _aioquic.close_reason(path.quic) or reason
+            path.abort()
         raise HandshakeError(f"handshake with {address} failed: {reason}") from exc
     except BaseException:
-        path.abort()
+        if path is not None:
+            path.abort()
         raise
     return path
 
@@ -101,14 +116,6 @@ def set_receive_buffer(sock: socket.socket, size: int) -> None:
         logger.debug("SO_RCVBUF %d refused: %s", size, exc)
 
 
-def _terminated_reason(path: Path) -> str:
-    event = getattr(path._quic, "_close_event", None)
-    reason = getattr(event, "reason_phrase", None)
-    if reason:
-        return str(reason)
-    return "connection refused"
-
-
 async def dial_addr(
     address: str, tls_config: TLSConfig | None = None, config: Config | None = None
 ) -> Session:
@@ -124,8 +131,16 @@ async def dial_addr(
     """
     config = config if config is not None else Config()
     tls = tls_config if tls_config is not None else TLSConfig()
-    path = await connect_path(address, tls, config)
-    session = Session(is_client=True, config=config, tls=tls)
-    session._add_path(path, primary=True)  # the first record already left (start_client)
+    session = Session(is_client=True, config=config, tls=tls, dialer=connect_path)
+
+    def attach(path: Path) -> None:
+        # the first record (a Ping) is written now, so it leaves with the last handshake flight
+        session._attach_path(path, primary=True, dialed_as=address)
+
+    try:
+        await connect_path(address, tls, config, on_handshake=attach)
+    except BaseException:
+        session._discard()
+        raise
     logger.debug("session %d dialed %s", session.session_id, address)
     return session

@@ -2,9 +2,9 @@
 
 Shape (architecture.md, "The global worker pool"):
 
-* created lazily by the first session or listener, shared by every session of the process,
-  reference-counted, shut down when the last holder goes (then :func:`get_global_worker_pool`
-  returns None and none of its tasks is left);
+* created lazily by the first session, shared by every session of the process,
+  reference-counted by sessions, shut down when the last one closes (then
+  :func:`get_global_worker_pool` returns None and none of its tasks is left);
 * ``max(os.cpu_count(), 4)`` worker tasks, owned by one TaskGroup, drawing from a bounded FIFO
   of ``workers * 10`` records;
 * records are copied into 64 KiB ``bytearray``\\ s taken from a free list and given back after
@@ -14,8 +14,11 @@ Shape (architecture.md, "The global worker pool"):
 scrambled their order. Here a worker pops the oldest record and dispatches it synchronously,
 without yielding, so records leave the single FIFO and are processed in the order they entered
 it, which for each path is the order they arrived. When handling a record has to wait (a full
-stream buffer), the path *parks* its later records instead of holding a worker, and processes
-them in order once it can go on (``Path.process_record``); the other paths keep the workers.
+stream window), the session core *parks* it and the path's later records instead of holding a
+worker, and handles them in order once it can go on; the other paths keep the workers. A path
+that leaves the pool (its connection ended, or the pool shut down) gets the records still
+queued for it back, in order, and processes them inline: nothing is dropped, nothing runs
+re-entrantly.
 
 **Back-pressure, never loss.** A path takes a record out of its reader only while the queue has
 room. Otherwise it stops and waits for the queue to fall to half its capacity. A path that is
@@ -146,12 +149,21 @@ class WorkerPool:
         path.sink = self
 
     def detach(self, path: Path) -> None:
-        """Stop routing ``path``'s records through the pool (records already queued stay)."""
+        """Stop routing ``path``'s records through the pool; the records still queued for it
+        go back to it (``path.take_back``), in order."""
         self._paths.discard(path)
         self._waiting.pop(path, None)
         if path.sink is self:
             path.sink = None
-            path.sink_ready()
+        mine = [item for item in self._queue if item[0] is path]
+        if mine:
+            self._queue = deque(item for item in self._queue if item[0] is not path)
+            records = []
+            for _, buffer, size in mine:
+                records.append(bytes(memoryview(buffer)[:size]))
+                self._recycle(buffer, size)
+            path.take_back(records)
+        path.sink_ready()
 
     def has_room(self) -> bool:
         return len(self._queue) < self.capacity
@@ -205,9 +217,8 @@ class WorkerPool:
             _forget(self)
 
     async def _worker(self) -> None:
-        queue = self._queue
         while not self._closing:
-            if not queue:
+            if not self._queue:
                 waiter = self._loop.create_future()
                 self._idle.append(waiter)
                 self._active -= 1
@@ -219,7 +230,11 @@ class WorkerPool:
                 continue
             # a batch, then let the paths and the application run (records are dispatched
             # synchronously, so yielding per record would only add loop iterations)
-            for _ in range(min(len(queue), BATCH)):
+            for _ in range(BATCH):
+                # re-read the queue each time: handling a record may detach paths or shut the
+                # pool down, which empties it
+                if not self._queue or self._closing:
+                    break
                 self._process_one()
             await asyncio.sleep(0)
 
@@ -232,13 +247,16 @@ class WorkerPool:
             path.fail("internal error while processing a record")
         finally:
             self.processed += 1
-            if size <= BUFFER_SIZE and len(buffer) == BUFFER_SIZE:
-                self._free.append(buffer)
+            self._recycle(buffer, size)
         if self._waiting and len(self._queue) <= self._low_water:
             waiting = list(self._waiting)
             self._waiting.clear()
             for waiting_path in waiting:
                 waiting_path.sink_ready()
+
+    def _recycle(self, buffer: bytearray, size: int) -> None:
+        if size <= BUFFER_SIZE and len(buffer) == BUFFER_SIZE:
+            self._free.append(buffer)
 
     def _release_paths(self) -> None:
         for path in list(self._paths):
@@ -247,13 +265,13 @@ class WorkerPool:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Stop the workers (sync); queued records are processed first, in order."""
+        """Stop the workers (sync). Queued records go back to their paths, in order, which
+        process them inline; safe to call while a worker is handling a record."""
         if self._closing:
             return
-        while self._queue:
-            self._process_one()
         self._closing = True
         self._release_paths()
+        self._queue.clear()
         while self._idle:
             waiter = self._idle.popleft()
             if not waiter.done():

@@ -41,11 +41,22 @@ class Config:
     congestion_control: str = "reno"
     """aioquic congestion control algorithm: ``"reno"`` or ``"cubic"``."""
 
-    heartbeat_interval: float = 15.0
-    """Seconds between the Pings the client side of each path sends (as upstream)."""
+    heartbeat_interval: float = 5.0
+    """Seconds between liveness probes of an idle path: the client side sends a KWIK Ping (as
+    upstream, which used 15 s), both sides a QUIC PING that any QUIC peer acknowledges."""
 
     heartbeat_miss_threshold: int = 3
-    """Unanswered Pings in a row after which a client path is marked failed."""
+    """Probe intervals of complete silence after which a path fails. **Bound:** a path whose
+    peer vanished is failed at most ``heartbeat_interval * heartbeat_miss_threshold`` seconds
+    (15 s by default) after the last datagram it sent. Any datagram counts, so a peer that
+    withholds flow-control credit (its application, or ours, not reading) is never failed."""
+
+    stall_timeout: float = 3.0
+    """Seconds without any datagram from the peer after which a path with bytes in flight
+    fails. **Bound:** ``max(stall_timeout, 3 * PTO)`` after the bytes left or the last
+    datagram arrived, whichever is later (a few seconds by default). Probes go out every third
+    of it while bytes are in flight, so a live peer always answers in time, even under heavy
+    loss."""
 
     ack_interval: float = 0.1
     """Seconds after the first unacknowledged packet within which a KWIK Ack is sent."""
@@ -66,8 +77,25 @@ class Config:
     """Bytes a stream may hold written but not yet handed to QUIC; ``write`` waits above it."""
 
     stream_receive_buffer: int = _MIB
-    """Bytes a stream may hold received but not read by the application. Above it, the path
-    stops reading (QUIC flow control then stops the peer) until the application reads."""
+    """The stream's receive window: data may only be held up to ``read offset +
+    stream_receive_buffer``, in order or not (each byte is stored once, overlaps are trimmed).
+    A frame beyond it waits, and its path stops taking records (QUIC flow control then stops
+    the peer) until the application reads: back-pressure, never an error, for any writer of a
+    multi-server stream too."""
+
+    session_receive_buffer: int = 32 * _MIB
+    """Bytes all the streams of a session may hold received and not read. Beyond it, frames
+    wait (their path stops) except bytes a stream's waiting reader can take at once, so a
+    peer cannot multiply ``stream_receive_buffer`` by opening streams."""
+
+    max_stream_fragments: int = 1024
+    """Separate out-of-order pieces one stream holds. A frame that would need another one waits
+    until the gaps fill (the bytes that fill the first gap are always taken)."""
+
+    max_streams: int = 256
+    """Streams the peer may have open at once in a session (accepted or waiting to be). An
+    OpenStream beyond it is refused (OpenStreamResp failure, the opener gets
+    :class:`~kwik.StreamClosedError`); an implicit open beyond it is a protocol violation."""
 
     path_send_window: int = 2 * _MIB
     """Bytes one path may have handed to QUIC and not yet seen acknowledged; kwik waits above
@@ -99,8 +127,18 @@ class Config:
     """Sessions a listener keeps waiting for ``accept()``; more are refused (closed)."""
 
     stream_backlog: int = 256
-    """Streams a session keeps waiting for ``accept_stream()``; beyond it the path stops
-    reading until the application accepts."""
+    """Streams a session keeps waiting for ``accept_stream()``; an OpenStream beyond it waits
+    (its path stops taking records) until the application accepts."""
+
+    control_buffer: int = 256 * 1024
+    """Bytes of answers (OpenStreamResp, ...) a path may have waiting to be sent. A peer that
+    does not read what we send stops getting answers: beyond it, its requests wait (its path
+    stops taking records) instead of growing our buffers."""
+
+    relay_buffer: int = _MIB
+    """Client: bytes a primary asked us to forward to a relay (RelayData) that wait for the
+    relay path. Beyond it the primary path stops taking records, which slows the primary's
+    ``Relay.send_raw_data`` down."""
 
     listener_close_timeout: float = 2.0
     """Seconds ``Listener.close()`` waits for its sessions to close gracefully before forcing."""
@@ -120,6 +158,7 @@ class Config:
         for name in (
             "handshake_timeout",
             "idle_timeout",
+            "stall_timeout",
             "heartbeat_interval",
             "ack_interval",
             "add_path_timeout",
@@ -146,6 +185,11 @@ class Config:
             "udp_receive_buffer",
             "accept_backlog",
             "stream_backlog",
+            "session_receive_buffer",
+            "max_stream_fragments",
+            "max_streams",
+            "control_buffer",
+            "relay_buffer",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Config.{name} must be at least 1")

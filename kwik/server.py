@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection
 
+from . import _aioquic
 from ._addr import format_address, parse_address
 from ._connect import set_receive_buffer, tune_datagram_transport
 from ._path import CLOSE_FAILURE, CLOSE_NORMAL, Path
-from ._pool import WorkerPool, acquire_pool, release_pool
 from ._waiters import Waiters
 from .config import Config, TLSConfig
 from .exceptions import ListenerClosedError
@@ -48,9 +48,6 @@ class Listener:
         self._sessions: set[Session] = set()
         self._closed = False
         self._closed_event = asyncio.Event()
-        # an open listener holds a reference to the worker pool, so that sessions coming and
-        # going one at a time do not create and destroy it each time
-        self._pool: WorkerPool | None = acquire_pool(self) if config.worker_pool else None
 
     def __repr__(self) -> str:
         return (
@@ -80,7 +77,7 @@ class Listener:
 
     def _on_first_record(self, path: Path) -> None:
         """A client's first record arrived on a new connection: a session is born."""
-        peer = path._quic._network_paths[0].addr if path._quic._network_paths else None
+        peer = _aioquic.peer_address(path.quic)
         if peer is not None:
             path.set_remote_address(peer)
         if self._closed:
@@ -95,9 +92,11 @@ class Listener:
         session = Session(
             is_client=False, config=self._config, tls=self._tls, on_closed=self._session_closed
         )
-        session._add_path(path, primary=True)
+        # counted before its first record is handled: a session that fails on it (a protocol
+        # violation) is removed by its close callback, not left behind
         self._sessions.add(session)
         self._backlog.append(session)
+        session._attach_path(path, primary=True)
         self._accept_waiters.wake_all()
         logger.debug(
             "listener %s: session %d from %s", self._addr, session.session_id, path.remote_address
@@ -117,7 +116,7 @@ class Listener:
         while True:
             while self._backlog:
                 session = self._backlog.popleft()
-                if not session.is_closed or session._accept_queue:
+                if not session.is_closed or session._core.streams_pending_accept:
                     return session
             if self._closed:
                 raise ListenerClosedError(f"listener {self._addr} is closed")
@@ -152,9 +151,6 @@ class Listener:
         self._backlog.clear()
         if self._server is not None:
             self._server.close()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            release_pool(pool, self)
         self._closed_event.set()
 
     async def wait_closed(self) -> None:

@@ -12,6 +12,7 @@ import uvloop
 import kwik
 from kwik import _pool
 from kwik._path import Path
+from kwik.session import Session
 
 from .conftest import CERT, KEY, read_all
 
@@ -106,14 +107,14 @@ async def test_per_path_order_kept_even_when_handling_waits(monkeypatch) -> None
     """Every path's packets are dispatched in arrival order, across several workers, while
     streams with tiny receive buffers keep blocking their path (records are parked)."""
     order: dict[int, list[int]] = {}
-    original = Path._process
+    original = Session._path_record
 
-    def spy(self: Path, record: memoryview | bytes) -> None:
-        if not self.is_client:
-            order.setdefault(id(self), []).append(_packet_number(record))
-        original(self, record)
+    def spy(self: Session, path: Path, record: memoryview | bytes) -> None:
+        if not path.is_client:
+            order.setdefault(id(path), []).append(_packet_number(record))
+        original(self, path, record)
 
-    monkeypatch.setattr(Path, "_process", spy)
+    monkeypatch.setattr(Session, "_path_record", spy)
     cfg = kwik.Config(worker_pool=True, stream_receive_buffer=4096, max_stream_frame_data=1024)
     async with await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg) as listener:
         clients = [await kwik.dial_addr(listener.addr, CLIENT_TLS, cfg) for _ in range(4)]
@@ -181,7 +182,7 @@ async def test_flood_into_slow_consumers_is_bounded_and_lossless() -> None:
             while True:
                 path = session._primary
                 assert path is not None
-                held = stream._recv.buffered + path.records_buffered
+                held = stream._state.recv.buffered + path.records_buffered
                 peak_held = max(peak_held, held)
                 data = await stream.read(16 * 1024)
                 if not data:

@@ -4,21 +4,35 @@ A logical stream's bytes may arrive on several paths, from several servers, in a
 duplicates and overlaps. :class:`ReceiveBuffer` keeps the contiguous prefix ready to read and
 holds the rest by offset until the gap before it fills (spec/wire-v2.md §3 "Data").
 
-Memory is bounded: data starting more than ``window`` bytes past the read offset is a protocol
-violation, so a peer cannot make the buffer hold more than ``window`` bytes of distinct data.
-Whether the application is reading fast enough is the caller's business: it compares
-:attr:`buffered` with its own limit and stops feeding the buffer (back-pressure) above it.
+Memory is bounded by construction:
+
+* every byte is stored at most once: a chunk that overlaps what is held (ready or pending) is
+  trimmed to the parts not held yet, so a peer re-sending overlapping frames gains nothing;
+* data may only land below ``read_offset + window``; the session core never offers data beyond
+  it (it back-pressures the path instead), so the check here is a safety net that raises
+  :class:`~kwik.exceptions.ProtocolViolationError`;
+* out-of-order data is held in at most ``max_fragments`` separate pieces: :meth:`receive`
+  refuses (returns :data:`REFUSED`, nothing changed) a chunk that would need one more, so a
+  peer cannot make the buffer keep a million one-byte pieces. Data that extends the ready
+  prefix or an existing piece never needs a new one, so the bytes that fill the first gap are
+  always accepted and a refusal cannot deadlock a well-behaved sender.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
 
 from ..exceptions import ProtocolViolationError
 
-__all__ = ["ReceiveBuffer"]
+__all__ = ["REFUSED", "ReceiveBuffer"]
 
 Data = bytes | bytearray | memoryview
+
+#: Returned by :meth:`ReceiveBuffer.receive` when the chunk would need more pieces than allowed.
+REFUSED = -1
+
+#: Default bound on the out-of-order pieces one stream holds.
+DEFAULT_MAX_FRAGMENTS = 1024
 
 
 class ReceiveBuffer:
@@ -26,26 +40,32 @@ class ReceiveBuffer:
 
     Args:
         window: how far past the read offset data may land; beyond is a protocol violation.
+        max_fragments: most separate out-of-order pieces held at once.
     """
 
     __slots__ = (
         "_contiguous",
         "_final_offset",
-        "_heap",
-        "_pending",
+        "_chunks",
         "_pending_bytes",
         "_read_offset",
+        "_starts",
+        "max_fragments",
         "window",
     )
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, max_fragments: int = DEFAULT_MAX_FRAGMENTS) -> None:
         if window < 1:
             raise ValueError("window must be positive")
+        if max_fragments < 1:
+            raise ValueError("max_fragments must be positive")
         self.window = window
+        self.max_fragments = max_fragments
         self._read_offset = 0  # stream offset of _contiguous[0]
         self._contiguous = bytearray()  # ready to read
-        self._pending: dict[int, bytes] = {}  # out-of-order chunks by start offset
-        self._heap: list[int] = []  # start offsets of _pending, smallest first
+        # out-of-order pieces: sorted, disjoint start offsets -> bytes held from there
+        self._starts: list[int] = []
+        self._chunks: dict[int, bytearray] = {}
         self._pending_bytes = 0
         self._final_offset: int | None = None
 
@@ -68,8 +88,21 @@ class ReceiveBuffer:
 
     @property
     def buffered(self) -> int:
-        """Bytes held: ready to read plus waiting for a gap to fill."""
+        """Distinct bytes held: ready to read plus waiting for a gap to fill."""
         return len(self._contiguous) + self._pending_bytes
+
+    @property
+    def fragments(self) -> int:
+        """Separate out-of-order pieces held."""
+        return len(self._starts)
+
+    @property
+    def highest_end(self) -> int:
+        """Offset just past the highest byte held (or read)."""
+        if self._starts:
+            last = self._starts[-1]
+            return max(last + len(self._chunks[last]), self.contiguous_end)
+        return self.contiguous_end
 
     @property
     def final_offset(self) -> int | None:
@@ -90,68 +123,151 @@ class ReceiveBuffer:
         """Every byte up to the final offset has been read: :meth:`read` returns b""."""
         return self._final_offset is not None and self._read_offset == self._final_offset
 
+    def received_ranges(self) -> list[tuple[int, int]]:
+        """The byte ranges ``[start, end)`` received so far (read bytes included), ascending.
+
+        Bytes skipped with :meth:`skip_to` count as received. An application can compare this
+        with what it expects to find the gaps a failed writer left.
+        """
+        ranges: list[tuple[int, int]] = []
+        cend = self.contiguous_end
+        if cend:
+            ranges.append((0, cend))
+        for start in self._starts:
+            end = start + len(self._chunks[start])
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((start, end))
+        return ranges
+
     # --- input ----------------------------------------------------------------------------------
 
-    def receive(self, offset: int, data: Data, fin: bool = False) -> int:
-        """Add ``data`` found at ``offset``; ``fin`` marks ``offset + len(data)`` as the end.
+    def check(self, offset: int, length: int, fin: bool) -> None:
+        """Raise if a chunk ``[offset, offset + length)`` (with ``fin``) contradicts the stream.
 
-        The bytes are copied. Returns how many bytes became readable.
+        Changes nothing. :meth:`receive` runs the same checks.
 
         Raises:
-            ProtocolViolationError: the fin contradicts an earlier one, data lies past the final
-                offset, or data lands beyond the receive window.
+            ProtocolViolationError: the fin contradicts an earlier one or lies below data
+                already received, or data lies past the final offset.
         """
-        end = offset + len(data)
+        end = offset + length
         if fin:
             if self._final_offset is not None and self._final_offset != end:
                 raise ProtocolViolationError(
                     f"final offset changed from {self._final_offset} to {end}"
                 )
-            if end < self.contiguous_end or any(s + len(c) > end for s, c in self._pending.items()):
+            if end < self.highest_end:
                 raise ProtocolViolationError(f"fin at {end} is below data already received")
         elif self._final_offset is not None and end > self._final_offset:
             raise ProtocolViolationError(
                 f"data up to offset {end} lies past the final offset {self._final_offset}"
             )
-        if end > self._read_offset + self.window and len(data):
+
+    def receive(self, offset: int, data: Data, fin: bool = False) -> int:
+        """Add ``data`` found at ``offset``; ``fin`` marks ``offset + len(data)`` as the end.
+
+        The bytes not held yet are copied; the rest is ignored. Returns how many bytes became
+        readable, or :data:`REFUSED` (nothing changed, the fin included) when the chunk would
+        need more than ``max_fragments`` out-of-order pieces.
+
+        Raises:
+            ProtocolViolationError: see :meth:`check`; or data lands beyond the window.
+        """
+        length = len(data)
+        end = offset + length
+        self.check(offset, length, fin)
+        if length and end > self._read_offset + self.window:
             raise ProtocolViolationError(
                 f"data up to offset {end} lies beyond the receive window "
                 f"({self._read_offset} + {self.window})"
             )
-        if fin:
-            # only once every check passed: a rejected frame must leave the stream unchanged
-            self._final_offset = end
-        before = len(self._contiguous)
         cend = self.contiguous_end
-        if end <= cend or not data:
+        if end <= cend or not length:
+            if fin:
+                self._final_offset = end
             return 0  # duplicate (or empty: fin only)
         if offset <= cend:
-            self._contiguous += memoryview(data)[cend - offset :]
-            self._drain_pending()
-        else:
-            previous = self._pending.get(offset)
-            if previous is None:
-                heapq.heappush(self._heap, offset)
-                self._pending[offset] = bytes(data)
-                self._pending_bytes += len(data)
-            elif len(previous) < len(data):
-                self._pending[offset] = bytes(data)
-                self._pending_bytes += len(data) - len(previous)
-        return len(self._contiguous) - before
+            if fin:
+                self._final_offset = end
+            before = len(self._contiguous)
+            self._append_contiguous(memoryview(data)[cend - offset :], cend)
+            return len(self._contiguous) - before
+        pieces = self._uncovered(offset, end)
+        if not pieces:
+            if fin:
+                self._final_offset = end
+            return 0
+        # a piece needs a new fragment unless it extends the fragment ending where it starts
+        new = 0
+        for start, _ in pieces:
+            i = bisect.bisect_left(self._starts, start) - 1
+            if i < 0 or self._starts[i] + len(self._chunks[self._starts[i]]) != start:
+                new += 1
+        if new and len(self._starts) + new > self.max_fragments:
+            return REFUSED
+        if fin:
+            self._final_offset = end
+        view = memoryview(data)
+        for start, stop in pieces:
+            self._store(start, view[start - offset : stop - offset])
+        return 0
 
-    def _drain_pending(self) -> None:
-        heap = self._heap
-        pending = self._pending
-        while heap:
-            start = heap[0]
-            cend = self.contiguous_end
+    def _uncovered(self, offset: int, end: int) -> list[tuple[int, int]]:
+        """The parts of ``[offset, end)`` (all above the ready prefix) no piece holds yet."""
+        starts, chunks = self._starts, self._chunks
+        pieces: list[tuple[int, int]] = []
+        pos = offset
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0:
+            i = 0
+        while pos < end and i < len(starts):
+            start = starts[i]
+            stop = start + len(chunks[start])
+            if stop <= pos:
+                i += 1
+                continue
+            if start >= end:
+                break
+            if start > pos:
+                pieces.append((pos, start))
+            pos = max(pos, stop)
+            i += 1
+        if pos < end:
+            pieces.append((pos, end))
+        return pieces
+
+    def _store(self, start: int, piece: memoryview) -> None:
+        starts, chunks = self._starts, self._chunks
+        i = bisect.bisect_left(starts, start) - 1
+        if i >= 0:
+            prev = starts[i]
+            held = chunks[prev]
+            if prev + len(held) == start:
+                held += piece  # extend: amortised, and no new fragment
+                self._pending_bytes += len(piece)
+                return
+        bisect.insort(starts, start)
+        chunks[start] = bytearray(piece)
+        self._pending_bytes += len(piece)
+
+    def _append_contiguous(self, data: memoryview, at: int) -> None:
+        """Append ``data`` (starting at ``at`` == contiguous end), then absorb the pieces it
+        reaches, trimming what they overlap."""
+        contiguous = self._contiguous
+        contiguous += data
+        starts, chunks = self._starts, self._chunks
+        while starts:
+            start = starts[0]
+            cend = self._read_offset + len(contiguous)
             if start > cend:
                 return
-            heapq.heappop(heap)
-            chunk = pending.pop(start)
+            del starts[0]
+            chunk = chunks.pop(start)
             self._pending_bytes -= len(chunk)
             if start + len(chunk) > cend:
-                self._contiguous += memoryview(chunk)[cend - start :]
+                contiguous += memoryview(chunk)[cend - start :]
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -183,17 +299,17 @@ class ReceiveBuffer:
         if offset <= cend:
             del self._contiguous[: offset - self._read_offset]
             self._read_offset = offset
-        else:
-            self._contiguous.clear()
-            self._read_offset = offset
-            # pending chunks that start before the new offset: keep their tail
-            for start in [s for s in self._pending if s < offset]:
-                chunk = self._pending.pop(start)
-                self._pending_bytes -= len(chunk)
-                if start + len(chunk) > offset:
-                    tail = chunk[offset - start :]
-                    self._pending[offset] = max(tail, self._pending.get(offset, b""), key=len)
-            self._pending_bytes = sum(len(c) for c in self._pending.values())
-            self._heap = list(self._pending)
-            heapq.heapify(self._heap)
-        self._drain_pending()
+            self._append_contiguous(memoryview(b""), offset)
+            return
+        self._contiguous.clear()
+        self._read_offset = offset
+        starts, chunks = self._starts, self._chunks
+        # pieces that start before the new offset: keep their tail as the ready prefix
+        while starts and starts[0] <= offset:
+            start = starts.pop(0)
+            chunk = chunks.pop(start)
+            self._pending_bytes -= len(chunk)
+            if start + len(chunk) > offset:
+                self._contiguous += memoryview(chunk)[offset - start :]
+                break
+        self._append_contiguous(memoryview(b""), self.contiguous_end)
