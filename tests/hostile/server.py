@@ -23,6 +23,8 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import kwik
 
@@ -49,8 +51,8 @@ class Server:
         self.sessions = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
