@@ -254,6 +254,24 @@ class RawPeer(QuicConnectionProtocol):
         sender.write(data)
         self.transmit()
 
+    async def settle(self, timeout: float, quiet: float = 2.0) -> bool:
+        """Wait until everything queued on the transport stream has been sent (True), or until
+        nothing more could be sent for ``quiet`` seconds (False: the server withholds flow-control
+        credit, i.e. back-pressures) or ``timeout`` passed (False)."""
+        sender = self._quic._get_or_create_stream_for_send(TRANSPORT_STREAM).sender
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last, last_change = sender.highest_offset, loop.time()
+        while loop.time() < deadline:
+            if sender.highest_offset >= sender._buffer_stop:
+                return True
+            await asyncio.sleep(0.1)
+            if sender.highest_offset != last:
+                last, last_change = sender.highest_offset, loop.time()
+            elif loop.time() - last_change >= quiet:
+                return False
+        return False
+
     async def ping_barrier(self, timeout: float) -> bool:
         """Send a Ping and wait for its echo: everything sent before was processed. False if no
         echo came in ``timeout``."""
