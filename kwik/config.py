@@ -150,6 +150,32 @@ class Config:
     """True: records go through the process-wide worker pool. False: each path processes its
     records inline, in the QUIC event callback."""
 
+    # --- hostile peers: acknowledgement state and AddPath dialling ---------------------------
+
+    max_ack_ranges: int = 1024
+    """Packet-number ranges a path remembers, for duplicate detection and for the next Ack
+    (default 1,024: a 16 KiB Ack). An honest peer needs one; a peer leaving more gaps makes the
+    path forget its oldest ranges, and a packet numbered below the oldest range kept is then
+    discarded as a duplicate. An Ack lists at most this many ranges (fewer if
+    ``max_record_size`` is smaller), the newest ones."""
+
+    path_scope_check: bool = True
+    """True (default): an address a server names in AddPath is resolved and every address it
+    resolves to must be in the scope of the primary's address (loopback may name loopback; a
+    private address private or global ones; a global address global ones only; link-local,
+    multicast, unspecified and reserved addresses never), otherwise the client refuses it
+    (AddPathResp 0). ``path_policy`` is consulted in addition. False skips the scope check
+    (addresses are still resolved once and the resolved address is what is dialled)."""
+
+    path_resolve_timeout: float = 5.0
+    """Seconds a client may spend resolving an AddPath address; past it the address is
+    refused."""
+
+    relay_insecure_skip_verify: bool = False
+    """Whether relay paths (dialled on a server's AddPath) skip certificate verification.
+    False (default): relays are verified like the primary, even when the primary's
+    ``TLSConfig.insecure_skip_verify`` is True; set it only for test setups."""
+
     def replace(self, **changes: object) -> Config:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -195,6 +221,11 @@ class Config:
                 raise ValueError(f"Config.{name} must be at least 1")
         if self.max_stream_frame_data + 64 > self.max_record_size:
             raise ValueError("Config.max_stream_frame_data must fit in max_record_size")
+        # --- hostile peers
+        if self.max_ack_ranges < 1:
+            raise ValueError("Config.max_ack_ranges must be at least 1")
+        if self.path_resolve_timeout <= 0:
+            raise ValueError("Config.path_resolve_timeout must be positive")
 
 
 @dataclass

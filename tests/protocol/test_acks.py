@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kwik.protocol.acks import AckTracker, Heartbeat, RangeSet
-from kwik.protocol.frames import AckFrame, decode_packet, encode_packet
+from kwik.protocol.acks import (
+    DEFAULT_MAX_ACK_RANGES,
+    AckTracker,
+    Heartbeat,
+    RangeSet,
+    ack_ranges_fitting,
+)
+from kwik.protocol.frames import AckFrame, decode_packet, encode_packet, encode_record
+from kwik.protocol.reader import RecordReader
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -116,6 +123,114 @@ def test_property_rangeset_matches_a_set(values: list[int]) -> None:
     assert all((v in rs) is (v in seen) for v in range(-1, 63))
 
 
+class CappedModel:
+    """Reference for a capped RangeSet: a plain set plus the floor rule, computed naively."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.values: set[int] = set()
+        self.floor = 0
+
+    def add(self, value: int) -> bool:
+        if value < self.floor or value in self.values:
+            return False
+        self.values.add(value)
+        while self.cap is not None and len(expected_ranges(self.values)) > self.cap:
+            self.floor = expected_ranges(self.values)[0][1] + 1
+            self.values = {v for v in self.values if v >= self.floor}
+        return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=80), max_size=80),
+    cap=st.one_of(st.none(), st.integers(min_value=1, max_value=6)),
+    block_size=st.integers(min_value=1, max_value=3),
+)
+def test_property_blocked_capped_rangeset_matches_model(
+    values: list[int], cap: int | None, block_size: int
+) -> None:
+    """Tiny blocks (many splits and block removals) and a cap agree with the naive model:
+    add's result, the ranges kept, the floor and membership (below the floor counts as seen)."""
+    rs = RangeSet(cap, block_size=block_size)
+    model = CappedModel(cap)
+    for value in values:
+        assert rs.add(value) is model.add(value)
+        assert rs.ranges() == expected_ranges(model.values)
+        assert rs.floor == model.floor
+    assert len(rs) == len(expected_ranges(model.values))
+    for v in range(0, 83):
+        assert (v in rs) is (v < model.floor or v in model.values)
+    for n in range(1, 8):
+        assert rs.ranges(newest=n) == expected_ranges(model.values)[-n:]
+
+
+def test_rangeset_cap_drops_oldest_and_raises_floor() -> None:
+    """Beyond max_ranges the lowest range is forgotten; numbers below it then count as seen
+    (the documented trade-off: a never-seen number under the floor is taken for a duplicate)."""
+    rs = range_set([10, 20, 30])
+    capped = RangeSet(2)
+    for value in (10, 20, 30):
+        capped.add(value)
+    assert rs.ranges() == [(10, 10), (20, 20), (30, 30)]
+    assert capped.ranges() == [(20, 20), (30, 30)]
+    assert capped.floor == 11
+    assert 5 in capped and 10 in capped  # forgotten: presumed seen
+    assert 15 not in capped  # above the floor, a real gap
+    assert capped.add(5) is False
+    assert capped.add(15) is True
+    assert capped.ranges() == [(15, 15), (20, 20), (30, 30)][-2:]
+
+
+def test_rangeset_cap_bounds_a_gapped_flood() -> None:
+    """100,000 gapped numbers in either order leave at most max_ranges ranges."""
+    for numbers in (range(0, 200_000, 2), range(200_000, 0, -2)):
+        rs = RangeSet(64)
+        for n in numbers:
+            rs.add(n)
+        assert len(rs) <= 64
+        assert len(rs.ranges()) == len(rs)
+
+
+def test_rangeset_clear_resets_floor() -> None:
+    """clear forgets the floor too."""
+    rs = RangeSet(1)
+    rs.add(1)
+    rs.add(5)
+    assert rs.floor == 2
+    rs.clear()
+    assert rs.floor == 0
+    assert 1 not in rs
+    assert rs.add(1) is True
+
+
+@pytest.mark.parametrize("kwargs", [{"max_ranges": 0}, {"block_size": 0}])
+def test_rangeset_rejects_bad_arguments(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        RangeSet(**kwargs)
+
+
+def test_descending_and_random_inserts_are_not_quadratic() -> None:
+    """200,000 descending gapped numbers into an UNCAPPED set, and as many random ones, take
+    well under the 22.8 s the list-insert version blocked for (generous bound: a hang or an
+    O(n^2) regression breaks it, a slow CI machine does not)."""
+    import time
+
+    start = time.perf_counter()
+    rs = RangeSet(None)
+    for i in range(200_000):
+        rs.add(10**12 - 2 * i)
+    shuffled = list(range(0, 400_000, 2))
+    random.Random(3).shuffle(shuffled)
+    other = RangeSet(None)
+    for n in shuffled:
+        other.add(n)
+    elapsed = time.perf_counter() - start
+    assert len(rs) == 200_000 and len(other) == 200_000
+    assert rs.ranges()[0] == (10**12 - 399_998, 10**12 - 399_998)
+    assert elapsed < 8.0, f"{elapsed:.1f} s for 400,000 inserts"
+
+
 # --- AckTracker: duplicates ---------------------------------------------------------------------
 
 
@@ -203,6 +318,116 @@ def test_built_ack_encodes_as_a_valid_frame() -> None:
     assert ack.ranges == tuple(expected_ranges(kept))
     assert len(ack.ranges) == 40
     assert decode_packet(encode_packet(1, [ack])).frames == (ack,)
+
+
+def test_ack_range_room_matches_the_reader_limit() -> None:
+    """ack_ranges_fitting(limit) ranges make a record a RecordReader with that limit accepts;
+    one range more does not fit."""
+    for limit in (65, 100, 1000, 1_048_576):
+        n = ack_ranges_fitting(limit)
+        ack = AckFrame(2 * n, tuple((2 * i, 2 * i) for i in range(n)))
+        record = encode_record(7, [ack])
+        assert len(record) - 4 <= limit  # L1 excludes its own 4 bytes
+        reader = RecordReader(limit)
+        reader.feed(record)
+        packet = reader.next_record()
+        assert packet is not None
+        assert decode_packet(packet).frames == (ack,)
+        bigger = encode_record(7, [AckFrame(2 * n + 2, (*ack.ranges, (2 * n + 2, 2 * n + 2)))])
+        assert len(bigger) - 4 > limit
+    assert ack_ranges_fitting(40) == 0
+    assert ack_ranges_fitting(1000, other_frames=1000) == 0
+
+
+def test_gapped_flood_ack_stays_within_the_record_limit() -> None:
+    """70,000 gapped numbers (the reproducer's attack): the Ack keeps the newest ranges and its
+    record fits max_record_size; the tracker remembers at most max_ranges ranges."""
+    limit = 4096
+    tracker = AckTracker(max_record_size=limit)
+    numbers = [10**12 + 2 * i for i in range(70_000)]
+    receive(tracker, numbers, 0.0, eliciting=False)
+    tracker.on_packet(10**13, True, 0.0)
+    ack = tracker.build_ack()
+    assert ack is not None
+    assert len(encode_record(1, [ack])) - 4 <= limit
+    assert len(ack.ranges) == ack_ranges_fitting(limit)
+    assert ack.largest_acked == 10**13
+    assert ack.ranges[-1] == (10**13, 10**13)
+    assert ack.ranges[-2] == (numbers[-1], numbers[-1])  # newest kept, oldest dropped
+    assert len(tracker._seen) <= DEFAULT_MAX_ACK_RANGES
+
+
+def test_default_tracker_ack_fits_the_default_record_limit() -> None:
+    """With defaults, an Ack of a flood lists DEFAULT_MAX_ACK_RANGES ranges, well within 1 MiB."""
+    tracker = AckTracker()
+    receive(tracker, range(0, 10_000, 2), 0.0)
+    ack = tracker.build_ack()
+    assert ack is not None
+    assert len(ack.ranges) == DEFAULT_MAX_ACK_RANGES
+    assert ack.ranges[-1] == (9998, 9998)
+    assert len(encode_record(1, [ack])) - 4 <= 1_048_576
+
+
+def test_build_ack_max_ranges_argument() -> None:
+    """build_ack(max_ranges=n) lists the n newest ranges (room left by other frames)."""
+    tracker = AckTracker()
+    receive(tracker, [1, 3, 5, 7, 8], 0.0)
+    assert tracker.build_ack(max_ranges=2) == AckFrame(8, ((5, 5), (7, 8)))
+    assert tracker.build_ack(max_ranges=2) is None  # the rest was dropped, not kept
+    receive(tracker, [20], 0.0)
+    with pytest.raises(ValueError):
+        tracker.build_ack(max_ranges=0)
+
+
+def test_trimmed_packets_are_acknowledged_when_retransmitted() -> None:
+    """Ranges trimmed from an Ack are not lost for good: the peer retransmits, the duplicate
+    is not dispatched again but is acknowledged."""
+    tracker = AckTracker()
+    receive(tracker, [1, 3, 5], 0.0)
+    assert tracker.build_ack(max_ranges=1) == AckFrame(5, ((5, 5),))
+    assert tracker.on_packet(1, True, 1.0) is False
+    assert tracker.build_ack() == AckFrame(1, ((1, 1),))
+
+
+def test_tracker_flood_below_floor_counts_as_duplicate() -> None:
+    """Past max_ranges gaps, a number below the oldest kept range is a duplicate (trade-off)."""
+    tracker = AckTracker(max_ranges=4)
+    receive(tracker, [10, 20, 30, 40, 50], 0.0)
+    assert tracker.on_packet(10, True, 0.0) is False  # seen, forgotten
+    assert tracker.on_packet(5, True, 0.0) is False  # never seen, below the floor
+    assert tracker.on_packet(25, True, 0.0) is True
+
+
+def test_tracker_memory_stays_bounded_under_a_gapped_flood() -> None:
+    """100,000 gapped numbers after the cap is reached: traced memory does not grow with the
+    flood (the old tracker held +66 MiB for 1,000,000)."""
+    import tracemalloc
+
+    tracker = AckTracker()
+    for i in range(10_000):  # fill to the cap first: what follows must be flat
+        tracker.on_packet(2 * i, False, 0.0)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(10_000, 110_000):
+            tracker.on_packet(2 * i, False, 0.0)
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(tracker._seen) <= DEFAULT_MAX_ACK_RANGES
+    assert grown < 100_000, f"{grown:,} bytes held"
+
+
+def test_tracker_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        AckTracker(max_ranges=0)
+    with pytest.raises(ValueError):
+        AckTracker(max_record_size=40)
+
+
+def test_has_eliciting_was_removed() -> None:
+    """The dead has_eliciting property is gone (worth_piggybacking / ack_due are the API)."""
+    assert not hasattr(AckTracker, "has_eliciting")
 
 
 # --- AckTracker: timing -------------------------------------------------------------------------
