@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from aioquic.quic.connection import QuicConnection
 
@@ -28,12 +29,16 @@ async def connect_path(
     config: Config,
     *,
     on_handshake: Callable[[Path], None] | None = None,
+    resolved: tuple[socket.AddressFamily, tuple[Any, ...]] | None = None,
 ) -> Path:
     """Open one QUIC connection to ``address`` and complete its handshake.
 
     Resolution and handshake share one ``config.handshake_timeout``. ``on_handshake`` is
     called with the path when the handshake completes, before aioquic sends its last flight,
-    so that a record written then leaves with it. The returned path owns its UDP socket.
+    so that a record written then leaves with it. ``resolved`` (family, socket address) dials
+    that address instead of resolving the host again (a relay address already checked); the
+    certificate is still verified against the host of ``address``. The returned path owns its
+    UDP socket.
 
     Raises:
         ValueError: ``address`` is not "host:port".
@@ -46,11 +51,14 @@ async def connect_path(
     path: Path | None = None
     try:
         async with asyncio.timeout(config.handshake_timeout):
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
-            family, _, _, _, addr = infos[0]
+            if resolved is not None:
+                family, addr = resolved
+            else:
+                try:
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                except OSError as exc:
+                    raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
+                family, _, _, _, addr = infos[0]
             quic = QuicConnection(
                 configuration=quic_configuration(
                     is_client=True, tls=tls, config=config, server_name=host

@@ -12,14 +12,16 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._addr import parse_address
 from ._path import Path, PathState
 from ._pool import WorkerPool, acquire_pool, release_pool
+from ._scope import resolve_relay_address
 from ._waiters import Waiters
 from .config import Config, TLSConfig
 from .exceptions import KwikError, PathError, SessionClosedError, StreamClosedError
@@ -56,9 +58,19 @@ _session_ids = itertools.count(1)
 #: Terminated paths whose last statistics a session keeps.
 _PATH_HISTORY = 16
 
-#: Dials one path: ``(address, tls, config) -> Path`` once its handshake is done (injected by
-#: ``kwik._connect``, which imports this module, so that this one need not import it).
-Dialer = Callable[[str, TLSConfig, Config], Awaitable[Path]]
+
+class Dialer(Protocol):
+    """Dials one path and returns it once its handshake is done (``kwik._connect.connect_path``,
+    injected: that module imports this one, so this one does not import it)."""
+
+    def __call__(
+        self,
+        address: str,
+        tls: TLSConfig,
+        config: Config,
+        *,
+        resolved: tuple[socket.AddressFamily, tuple[Any, ...]] | None = None,
+    ) -> Awaitable[Path]: ...
 
 
 @dataclass(frozen=True)
@@ -551,49 +563,49 @@ class Session:
 
     # --- multipath: client side -----------------------------------------------------------------
 
-    def _refuse_reason(self, address: str) -> str | None:
-        try:
-            parse_address(address)
-        except ValueError as exc:
-            return str(exc)
-        policy = self._config.path_policy
-        if policy is not None:
-            try:
-                allowed = policy(address)
-            except Exception:
-                logger.exception("path_policy raised for %s", address)
-                allowed = False
-            if not allowed:
-                return "path_policy"
-        return None
-
     async def _dial_relay(self, address: str) -> None:
+        """Client: dial the relay a primary asked for (AddPath), if the address passes the
+        path policy and the scope check (``kwik._scope``), and answer it either way."""
         path_id = 0
+        config = self._config
         try:
-            refusal = self._refuse_reason(address)
-            if refusal is not None:
-                logger.info(
-                    "session %d: AddPath(%s) refused: %s", self.session_id, address, refusal
+            primary = self._primary
+            primary_ip = parse_address(primary.remote_address)[0] if primary else "127.0.0.1"
+            try:
+                checked = await resolve_relay_address(
+                    address,
+                    primary_ip,
+                    policy=config.path_policy,
+                    scope_check=config.path_scope_check,
+                    timeout=config.path_resolve_timeout,
                 )
-            elif self._dialer is None:
+            except PathError as exc:
+                logger.info("session %d: %s", self.session_id, exc)
+                return
+            if self._dialer is None:
                 logger.info("session %d: AddPath(%s) refused: no dialer", self.session_id, address)
-            else:
-                # verify the secondary's certificate against ITS host name
-                tls = dataclasses.replace(self._tls, server_name=None)
-                try:
-                    new_path = await self._dialer(address, tls, self._config)
-                except (KwikError, OSError, ValueError) as exc:
-                    logger.warning(
-                        "session %d: cannot reach relay %s: %s", self.session_id, address, exc
-                    )
-                else:
-                    if self.is_closed:
-                        new_path.close(CLOSE_NORMAL, "session closed")
-                    else:
-                        path_id = self._attach_path(new_path, primary=False, dialed_as=address)
-                        logger.info(
-                            "session %d: path %d to relay %s", self.session_id, path_id, address
-                        )
+                return
+            # verify the secondary's certificate against ITS host name, and never skip that
+            # because the primary's was skipped (unless the configuration says so)
+            tls = dataclasses.replace(
+                self._tls,
+                server_name=None,
+                insecure_skip_verify=config.relay_insecure_skip_verify,
+            )
+            try:
+                new_path = await self._dialer(
+                    address, tls, config, resolved=(checked.family, checked.sockaddr)
+                )
+            except (KwikError, OSError, ValueError) as exc:
+                logger.warning(
+                    "session %d: cannot reach relay %s: %s", self.session_id, address, exc
+                )
+                return
+            if self.is_closed:
+                new_path.close(CLOSE_NORMAL, "session closed")
+                return
+            path_id = self._attach_path(new_path, primary=False, dialed_as=address)
+            logger.info("session %d: path %d to relay %s", self.session_id, path_id, address)
         finally:
             self._core.add_path_result(address, path_id)
             self._after_core()

@@ -3,10 +3,12 @@
 * :mod:`.frames`: packet and frame codec.
 * :mod:`.reader`: incremental record reader over the transport stream.
 * :mod:`.reassembly`: per-stream reassembly by offset.
-* :mod:`.acks`: acknowledgements, duplicate detection, heartbeats.
+* :mod:`.acks`: acknowledgements and duplicate detection.
+* :mod:`.liveness`: is a path's peer alive (probes, failure bounds).
+* :mod:`.session`: the session state machine (:class:`SessionCore`).
 """
 
-from .acks import AckTracker, Heartbeat, RangeSet
+from .acks import AckTracker, RangeSet
 from .frames import (
     MAX_FRAMES_PER_PACKET,
     MAX_RECORD_SIZE,
@@ -38,7 +40,6 @@ __all__ = [
     "AddPathRespFrame",
     "Frame",
     "FrameType",
-    "Heartbeat",
     "OpenStreamFrame",
     "OpenStreamRespFrame",
     "Packet",

@@ -34,7 +34,6 @@ from .frames import MAX_RECORD_SIZE, AckFrame
 __all__ = [
     "DEFAULT_MAX_ACK_RANGES",
     "AckTracker",
-    "Heartbeat",
     "RangeSet",
     "ack_ranges_fitting",
 ]
@@ -326,68 +325,3 @@ class AckTracker:
         if not ranges:
             return None
         return AckFrame(largest_acked=ranges[-1][1], ranges=tuple(ranges))
-
-
-class Heartbeat:
-    """Client-side liveness of one path: Ping every ``interval``, fail after missed echoes.
-
-    The transport calls :meth:`on_timer` at :meth:`get_timer` and sends a Ping when it returns
-    True; it calls :meth:`on_pong` for every Ping received on the path. :attr:`failed` turns
-    True once ``miss_threshold`` Pings in a row went unanswered for a whole interval.
-    """
-
-    __slots__ = (
-        "_next",
-        "_outstanding_since",
-        "failed",
-        "interval",
-        "last_rtt",
-        "miss_threshold",
-        "missed",
-        "pings_sent",
-        "pongs_received",
-    )
-
-    def __init__(self, interval: float, miss_threshold: int, now: float) -> None:
-        if interval <= 0 or miss_threshold < 1:
-            raise ValueError("interval must be positive and miss_threshold at least 1")
-        self.interval = interval
-        self.miss_threshold = miss_threshold
-        self._next = now + interval
-        self._outstanding_since: float | None = None
-        self.missed = 0
-        self.failed = False
-        self.pings_sent = 0
-        self.pongs_received = 0
-        self.last_rtt: float | None = None
-
-    def get_timer(self) -> float | None:
-        return None if self.failed else self._next
-
-    def on_ping_sent(self, now: float) -> None:
-        """Note a Ping sent outside the schedule (the first record of a path, say)."""
-        self.pings_sent += 1
-        if self._outstanding_since is None:
-            self._outstanding_since = now
-
-    def on_timer(self, now: float) -> bool:
-        """Advance the schedule; return True when a Ping must be sent now."""
-        if self.failed or now < self._next:
-            return False
-        if self._outstanding_since is not None:
-            self.missed += 1
-            if self.missed >= self.miss_threshold:
-                self.failed = True
-                return False
-        self._next = now + self.interval
-        self.pings_sent += 1
-        if self._outstanding_since is None:
-            self._outstanding_since = now
-        return True
-
-    def on_pong(self, now: float) -> None:
-        self.pongs_received += 1
-        if self._outstanding_since is not None:
-            self.last_rtt = now - self._outstanding_since
-        self._outstanding_since = None
-        self.missed = 0

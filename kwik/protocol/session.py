@@ -313,7 +313,12 @@ class _Path:
         self.path_id = path_id
         self.primary = primary
         self.dialed_as = ""
-        self.acks = AckTracker(config.ack_interval, config.ack_threshold)
+        self.acks = AckTracker(
+            config.ack_interval,
+            config.ack_threshold,
+            max_ranges=config.max_ack_ranges,
+            max_record_size=config.max_record_size,
+        )
         self.liveness = Liveness(
             interval=config.heartbeat_interval,
             miss_threshold=config.heartbeat_miss_threshold,

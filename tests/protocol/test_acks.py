@@ -1,4 +1,4 @@
-"""RangeSet, AckTracker and Heartbeat: acknowledgements, duplicates and liveness of one path."""
+"""RangeSet and AckTracker: acknowledgements and duplicates of one path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from kwik.protocol.acks import (
     DEFAULT_MAX_ACK_RANGES,
     AckTracker,
-    Heartbeat,
     RangeSet,
     ack_ranges_fitting,
 )
@@ -523,132 +522,3 @@ def test_ack_only_duplicates_are_detected() -> None:
     tracker = AckTracker()
     assert tracker.on_packet(1, False, 0.0) is True
     assert tracker.on_packet(1, False, 0.0) is False
-
-
-# --- Heartbeat ----------------------------------------------------------------------------------
-
-
-def test_heartbeat_pings_on_schedule() -> None:
-    """A Ping is due every interval; on_timer before the deadline sends nothing."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    assert hb.get_timer() == pytest.approx(1.0)
-    assert hb.on_timer(0.5) is False
-    assert hb.pings_sent == 0
-    assert hb.on_timer(1.0) is True
-    assert hb.pings_sent == 1
-    assert hb.get_timer() == pytest.approx(2.0)
-    hb.on_pong(1.1)
-    assert hb.on_timer(1.9) is False
-    assert hb.on_timer(2.0) is True
-    assert hb.pings_sent == 2
-    assert hb.get_timer() == pytest.approx(3.0)
-
-
-def test_late_timer_reschedules_from_now() -> None:
-    """A timer handled late schedules the next Ping one interval after it."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    assert hb.on_timer(1.7) is True
-    assert hb.get_timer() == pytest.approx(2.7)
-    assert hb.on_timer(2.5) is False
-
-
-def test_heartbeat_counts_missed_pongs() -> None:
-    """Each timer that finds a Ping still unanswered counts one miss."""
-    hb = Heartbeat(interval=1.0, miss_threshold=5, now=0.0)
-    assert hb.on_timer(1.0) is True
-    assert hb.missed == 0
-    assert hb.on_timer(2.0) is True
-    assert hb.missed == 1
-    assert hb.on_timer(3.0) is True
-    assert hb.missed == 2
-    assert not hb.failed
-
-
-def test_heartbeat_fails_after_miss_threshold() -> None:
-    """miss_threshold unanswered Pings in a row fail the path; then nothing is scheduled."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    assert [hb.on_timer(t) for t in (1.0, 2.0, 3.0)] == [True, True, True]
-    assert not hb.failed
-    assert hb.on_timer(4.0) is False
-    assert hb.failed
-    assert hb.missed == 3
-    assert hb.pings_sent == 3
-    assert hb.get_timer() is None
-    assert hb.on_timer(100.0) is False
-    assert hb.pings_sent == 3
-
-
-def test_heartbeat_threshold_one() -> None:
-    """With miss_threshold 1 the first unanswered interval fails the path."""
-    hb = Heartbeat(interval=0.5, miss_threshold=1, now=10.0)
-    assert hb.on_timer(10.5) is True
-    assert hb.on_timer(11.0) is False
-    assert hb.failed
-
-
-def test_pong_resets_missed_count() -> None:
-    """A pong clears the misses, so failure needs miss_threshold fresh misses."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    for t in (1.0, 2.0, 3.0):
-        hb.on_timer(t)
-    assert hb.missed == 2
-    hb.on_pong(3.5)
-    assert hb.missed == 0
-    assert hb.pongs_received == 1
-    assert hb.on_timer(4.0) is True
-    assert hb.on_timer(5.0) is True
-    assert hb.on_timer(6.0) is True
-    assert hb.missed == 2
-    assert not hb.failed
-    assert hb.on_timer(7.0) is False
-    assert hb.failed
-
-
-def test_pong_measures_rtt() -> None:
-    """on_pong records the time since the outstanding Ping was sent."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    assert hb.last_rtt is None
-    hb.on_timer(1.0)
-    hb.on_pong(1.25)
-    assert hb.last_rtt == pytest.approx(0.25)
-    hb.on_timer(2.25)
-    hb.on_pong(2.3)
-    assert hb.last_rtt == pytest.approx(0.05)
-
-
-def test_unsolicited_pong_keeps_last_rtt() -> None:
-    """A pong with no Ping outstanding counts but does not invent an RTT."""
-    hb = Heartbeat(interval=1.0, miss_threshold=3, now=0.0)
-    hb.on_timer(1.0)
-    hb.on_pong(1.2)
-    hb.on_pong(1.9)
-    assert hb.pongs_received == 2
-    assert hb.last_rtt == pytest.approx(0.2)
-
-
-def test_ping_sent_outside_schedule_is_outstanding() -> None:
-    """on_ping_sent (the path's first record) starts an outstanding Ping that a pong answers."""
-    hb = Heartbeat(interval=1.0, miss_threshold=2, now=0.0)
-    hb.on_ping_sent(0.0)
-    assert hb.pings_sent == 1
-    assert hb.get_timer() == pytest.approx(1.0)
-    hb.on_pong(0.03)
-    assert hb.last_rtt == pytest.approx(0.03)
-    assert hb.missed == 0
-
-
-def test_unanswered_ping_outside_schedule_counts_as_missed() -> None:
-    """A Ping sent by on_ping_sent and never answered is a miss at the next timer."""
-    hb = Heartbeat(interval=1.0, miss_threshold=2, now=0.0)
-    hb.on_ping_sent(0.0)
-    assert hb.on_timer(1.0) is True
-    assert hb.missed == 1
-    assert hb.on_timer(2.0) is False
-    assert hb.failed
-
-
-@pytest.mark.parametrize(("interval", "threshold"), [(0.0, 3), (-1.0, 3), (1.0, 0)])
-def test_heartbeat_rejects_bad_arguments(interval: float, threshold: int) -> None:
-    """A non-positive interval or a miss_threshold below 1 is refused."""
-    with pytest.raises(ValueError):
-        Heartbeat(interval=interval, miss_threshold=threshold, now=0.0)
