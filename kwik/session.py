@@ -148,6 +148,7 @@ class Session:
         self._relay_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._add_path_waiters: dict[str, deque[asyncio.Future[int]]] = {}
         self._relays: dict[int, Relay] = {}
+        self._path_callbacks: list[Callable[[PathInfo], None]] = []
         self._progress: asyncio.Future[None] | None = None
         self._closed_event = asyncio.Event()
         self._close_task: asyncio.Task[None] | None = None
@@ -203,6 +204,22 @@ class Session:
     def relays(self) -> list[Relay]:
         """Relays added by this (server) session and not removed."""
         return list(self._relays.values())
+
+    def add_path_closed_callback(self, callback: Callable[[PathInfo], None]) -> None:
+        """Call ``callback(info)`` each time one of the session's paths ends (failed, closed by
+        either side, or removed), with its final :class:`PathInfo`.
+
+        With relays, this is how a client learns that a secondary server is gone while the
+        session goes on: :meth:`Stream.received_ranges` then tells which bytes of a stream
+        never arrived, for the application to ask the primary for them. Called from the event
+        loop, synchronously; it must not block.
+        """
+        self._path_callbacks.append(callback)
+
+    def remove_path_closed_callback(self, callback: Callable[[PathInfo], None]) -> None:
+        """Stop calling ``callback`` (see :meth:`add_path_closed_callback`)."""
+        if callback in self._path_callbacks:
+            self._path_callbacks.remove(callback)
 
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of the session and its paths."""
@@ -412,7 +429,13 @@ class Session:
             now=now,
         )
         del self._paths[path_id]
-        self._history.append(self._path_info(path, counters))
+        info = self._path_info(path, counters)
+        self._history.append(info)
+        for callback in list(self._path_callbacks):
+            try:
+                callback(info)
+            except Exception:  # an application bug must not break the session
+                logger.exception("session %d: path callback %r raised", self.session_id, callback)
         if path is not self._primary and not self.is_closed:
             logger.info(
                 "session %d: path %d to %s is %s (%s); %d path(s) left",

@@ -220,9 +220,12 @@ class Stream:
         session = self._session
         state = self._state
         limit = session._config.stream_send_buffer
-        while state.send_buffered > limit:
+        while True:
             if state.open_state is OpenState.REFUSED:
+                session._raise_if_closed()
                 raise StreamClosedError(f"stream refused: {state.error}")
+            if state.send_buffered <= limit:
+                return
             session._raise_if_closed()
             await session._wait_writable(state)
 

@@ -79,8 +79,9 @@ def quic_configuration(
         idle_timeout=config.idle_timeout,
         max_datagram_size=config.max_datagram_size,
         congestion_control_algorithm=config.congestion_control,
-        # the transport stream's credit is managed by kwik (see _quic.py); connection-level
-        # credit must never be the tighter limit
+        # stream credit is kwik's (kwik._aioquic.install_credit_control: the transport stream
+        # gets what kwik consumed plus the window, every other stream almost nothing);
+        # connection-level credit must never be the tighter limit
         max_stream_data=config.path_receive_window,
         max_data=max(config.path_receive_window * 2, 1024 * 1024),
     )
