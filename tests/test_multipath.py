@@ -161,8 +161,9 @@ async def test_relay_killed_mid_session(make_server, client_tls, config) -> None
 
 
 async def test_silent_relay_fails_by_heartbeat(make_server, client_tls, config) -> None:
-    """A secondary that goes silent (no close, no answers) is failed by missed heartbeats;
-    the session stays open on the primary."""
+    """A secondary that goes silent (no close, no answers, not even QUIC acknowledgements) is
+    failed within heartbeat_interval * heartbeat_miss_threshold; the session stays open on the
+    primary."""
     fast = config.replace(heartbeat_interval=0.1, heartbeat_miss_threshold=3)
     secondary = await make_server(None, fast)
     primary = await make_server(primary_handler([secondary.addr]), fast)
@@ -178,8 +179,8 @@ async def test_silent_relay_fails_by_heartbeat(make_server, client_tls, config) 
         while session.paths[1].state == "active":
             await asyncio.sleep(0.05)
         info = session.paths[1]
-        assert info.state == "failed" and info.missed_pongs >= 3
-        assert "heartbeat" in info.close_reason
+        assert info.state == "failed"
+        assert "silent" in info.close_reason
         assert not session.is_closed and session.paths[0].state == "active"
         server._transport.resume_reading()
         await session.close()

@@ -31,31 +31,31 @@ def pool_tasks() -> list[asyncio.Task[object]]:
 
 
 async def test_lifecycle_lazy_shared_refcounted() -> None:
-    """No pool before the first listener; one pool shared by every session, holding one
-    reference per session and listener; gone, with no task left, after the last closes."""
+    """No pool before the first session (a listener holds none); one pool shared by every
+    session, holding one reference per session; gone, with no task left, when the last
+    session closes, even while the listener stays open."""
     assert kwik.get_global_worker_pool() is None
     listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, POOL)
+    assert kwik.get_global_worker_pool() is None
+    clients = [await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL) for _ in range(3)]
     pool = kwik.get_global_worker_pool()
     assert pool is not None
     stats = pool.stats()
     assert stats.workers == max(os.cpu_count() or 1, 4)
     assert stats.queue_capacity == stats.workers * 10
     assert stats.buffer_size == 64 * 1024
-    assert stats.sessions == 1  # the listener
-    clients = [await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL) for _ in range(3)]
     servers = [await listener.accept() for _ in range(3)]
     assert kwik.get_global_worker_pool() is pool
-    assert pool.stats().sessions == 1 + 3 + 3
+    assert pool.stats().sessions == 3 + 3
     assert len(pool_tasks()) == stats.workers + 1  # workers and their owner
     for client in clients:
         await client.close()
     for server in servers:
         await server.wait_closed()
-    assert pool.stats().sessions == 1
-    await listener.close()
     await pool.wait_closed()
     assert kwik.get_global_worker_pool() is None
     assert pool_tasks() == []
+    await listener.close()
 
 
 async def test_inline_mode_uses_no_pool() -> None:
@@ -70,9 +70,9 @@ async def test_inline_mode_uses_no_pool() -> None:
 async def test_records_flow_through_pool_buffers_reused() -> None:
     """Records are copied into reused 64 KiB buffers; every submitted record is processed."""
     async with await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, POOL) as listener:
+        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL)
         pool = kwik.get_global_worker_pool()
         assert pool is not None
-        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL)
         server = await listener.accept()
         stream = await session.open_stream_sync()
         payload = os.urandom(2 * MIB)
@@ -164,9 +164,9 @@ async def test_flood_into_slow_consumers_is_bounded_and_lossless() -> None:
     size = 1 * MIB
     peak_held = 0
     async with await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg) as listener:
+        clients = [await kwik.dial_addr(listener.addr, CLIENT_TLS, cfg) for _ in range(4)]
         pool = kwik.get_global_worker_pool()
         assert pool is not None
-        clients = [await kwik.dial_addr(listener.addr, CLIENT_TLS, cfg) for _ in range(4)]
         servers = [await listener.accept() for _ in range(4)]
         payloads = [os.urandom(size) for _ in clients]
 
@@ -238,9 +238,9 @@ async def test_forced_close_keeps_sessions_working() -> None:
     """close_global_worker_pool() mid-transfer: open sessions go on inline, losing nothing;
     the next session gets a new pool."""
     async with await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, POOL) as listener:
+        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL)
         old = kwik.get_global_worker_pool()
         assert old is not None
-        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL)
         server = await listener.accept()
         stream = await session.open_stream_sync()
         payload = os.urandom(2 * MIB)
@@ -291,9 +291,10 @@ def test_pool_from_dead_loop_is_discarded() -> None:
 
     async def leave_open() -> kwik.WorkerPool:
         listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, POOL)
+        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, POOL)
         pool = kwik.get_global_worker_pool()
-        assert pool is not None and listener.addr
-        return pool  # the listener is never closed
+        assert pool is not None and session.remote_addr
+        return pool  # neither the session nor the listener is ever closed
 
     stale = asyncio.run(leave_open())
     assert _roundtrip_in_fresh_loop() == (b"loop check", True)

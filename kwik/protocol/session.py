@@ -582,8 +582,8 @@ class SessionCore:
         self._paths[path_id] = path
         if primary:
             self._primary = path
-        if self.is_client and primary:
-            # the dialer sends a first record at once: the server learns of the session from it
+        if self.is_client:
+            # the dialer sends a first record at once: a server learns of a path from it
             self._send_ping(path, now)
         return path_id
 
