@@ -57,7 +57,7 @@ def _measured_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         row
         for row in result.get("rows", [])
-        if row.get("kwik", {}).get("n") and row.get("aioquic", {}).get("n")
+        if (row.get("kwik") or {}).get("n") and (row.get("aioquic") or {}).get("n")
     ]
 
 
@@ -210,7 +210,7 @@ def plot_path_throughput(
     axis.set_xlabel("seconds")
     axis.set_ylabel("MB/s received")
     axis.set_ylim(bottom=0)
-    axis.legend(fontsize=7, loc="lower center")
+    axis.legend(fontsize=7, loc="upper left", framealpha=0.9)
     figure.tight_layout()
     figure.savefig(out)
     plt.close(figure)
