@@ -63,3 +63,51 @@ def test_wheel_and_sdist_build_and_carry_py_typed(tmp_path: Path) -> None:
     prefix = f"kwik-{version}/"
     for required in ("kwik/py.typed", "LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml"):
         assert prefix + required in members, required
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+DOCS = ROOT / "docs"
+
+
+def test_api_reference_documents_every_public_name() -> None:
+    reference = (DOCS / "reference.md").read_text()
+    configuration = (DOCS / "guide" / "configuration.md").read_text()
+    for name in kwik.__all__:
+        if name == "__version__":
+            assert "`kwik.__version__`" in reference
+            continue
+        directive = f"::: kwik.{name}\n"
+        assert directive in reference or directive in configuration, name
+
+
+def test_every_page_is_in_the_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")]
+    assert pages
+    for page in pages:
+        assert f": {page}\n" in nav, page
+
+
+def _relative_links(markdown: str) -> list[str]:
+    import re
+
+    links = re.findall(r"\]\(([^)\s]+)\)", markdown)
+    return [link for link in links if "://" not in link and not link.startswith("#")]
+
+
+def test_readme_links_stay_inside_the_repository() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "shared/spec" not in readme
+    links = _relative_links(readme)
+    assert "docs/index.md" in links and "CHANGELOG.md" in links
+    for link in links:
+        target = (ROOT / link.split("#")[0]).resolve()
+        assert target.is_relative_to(ROOT), link
+        assert target.exists(), link
+
+
+def test_changelog_has_unreleased_and_first_version() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert "\n## Unreleased\n" in changelog
+    assert f"\n## {PYPROJECT['version']}\n" in changelog
