@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import kwik
 from benchmarks.paths import PathSampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,3 +147,41 @@ async def test_sampler_follows_paths_that_appear_later() -> None:
 def test_sampler_rejects_a_bad_interval() -> None:
     with pytest.raises(ValueError):
         PathSampler(_Session(), interval=0)
+
+
+async def test_file_transfer_client_plots_its_paths(tmp_path: Path) -> None:
+    """``python -m examples.file_transfer.client --plot``: a chart of a real two-server download."""
+    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    from .conftest import CERT
+    from .test_file_transfer_example import servers
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "data.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(CERT)
+    chart = tmp_path / "paths.png"
+    config = kwik.Config(handshake_timeout=5.0)
+    async with asyncio.timeout(90), servers(files, config) as addr:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "examples.file_transfer.client",
+            "data.bin",
+            "--addr",
+            addr,
+            "--ca",
+            str(ca),
+            "--out",
+            str(tmp_path / "copy.bin"),
+            "--plot",
+            str(chart),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await client.communicate()
+    assert client.returncode == 0, err.decode()
+    assert b"exact copy" in out and b"throughput per path" in out
+    assert chart.read_bytes().startswith(PNG)
+    assert (tmp_path / "copy.bin").read_bytes() == (files / "data.bin").read_bytes()
