@@ -391,8 +391,10 @@ async def _serve_session(session: Any, handler: StreamHandler) -> None:
     async def guarded(stream: Any) -> None:
         try:
             await handler(stream)
-        except (KwikError, OSError) as exc:
+        except (KwikError, OSError) as exc:  # the peer went away: routine for a server
             logger.info("stream %s: %s", stream.stream_id, exc)
+        except Exception:  # a bug in one stream's handler must not stop the server
+            logger.exception("stream %s failed", stream.stream_id)
 
     async with asyncio.TaskGroup() as tasks:
         while True:
