@@ -226,3 +226,13 @@ def test_listen_rejects_bad_arguments(tmp_path: Path) -> None:
     assert no_key.returncode == 2 and b"--cert and --key go together" in no_key.stderr
     missing = kwik_cli("listen", "127.0.0.1:0", "--serve", str(tmp_path / "absent"))
     assert missing.returncode == 2 and b"not a file" in missing.stderr
+
+
+def test_hook_report_prefers_kwik_aioquic(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    module = types.ModuleType("kwik._aioquic")
+    expected = [("aioquic.something._private", True, "present")]
+    module.hook_report = lambda: expected  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kwik._aioquic", module)
+    assert _cli.hook_report() == expected
