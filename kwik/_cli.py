@@ -310,7 +310,7 @@ def _stdin_fd() -> int | None:
 
 
 async def _connect(args: argparse.Namespace) -> int:
-    from ._connect import dial_addr
+    from . import dial_addr  # the public entry point, imported once kwik is complete
 
     if args.insecure and args.ca:
         _say("--insecure and --ca exclude each other")
@@ -423,7 +423,7 @@ def _server_tls(args: argparse.Namespace) -> TLSConfig:
 
 
 async def _listen(args: argparse.Namespace) -> int:
-    from .server import listen_addr
+    from . import listen_addr
 
     handler: StreamHandler = (
         _echo if args.echo else _discard if args.discard else _server(Path(args.serve))
