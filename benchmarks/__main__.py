@@ -6,6 +6,8 @@ Usage::
     python -m benchmarks --quick               # short pass (< 60 s), multipath skipped
     python -m benchmarks bulk rtt --repeat 5   # a subset
     python -m benchmarks --json results.json --loop uvloop
+    python -m benchmarks --quick --plot charts/    # and PNG charts (the 'bench' extra)
+    python -m benchmarks --from-json results.json --plot charts/   # charts only, no run
 
 The table goes to stdout, progress to stderr. Exit status 1 when a scenario produced no figure
 (its error is in the table and the JSON), 2 on bad arguments.
@@ -80,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run every worker under cProfile and write its profile to DIR "
         "(<scenario>-<variant>-<run>-client.prof / -server1.prof); slows everything down",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="write PNG charts into DIR: kwik vs aioquic per scenario, ratios, and the "
+        "multipath run's throughput per path (needs matplotlib: the 'bench' extra)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="with --plot: draw the charts from a results file written by --json, without "
+        "running anything",
+    )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -95,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, function in SCENARIOS.items():
             print(f"{name:10} {(function.__doc__ or '').strip()}")
+        return 0
+    if args.from_json:
+        if not args.plot:
+            print("--from-json needs --plot DIR", file=sys.stderr)
+            return 2
+        from .plot import plot_json
+
+        for chart in plot_json(Path(args.from_json), Path(args.plot)):
+            print(chart)
         return 0
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -165,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        from .plot import plot_report
+
+        for chart in plot_report(report, Path(args.plot)):
+            print(f"chart: {chart}", file=sys.stderr)
     return 1 if any(r["status"] == "error" for r in results.values()) else 0
 
 

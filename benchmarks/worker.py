@@ -22,6 +22,7 @@ from typing import Any
 
 from . import app, peer_aioquic, peer_kwik
 from .common import QuicSettings, dumps_line, gather_all, run_loop
+from .paths import PathSampler
 
 __all__ = ["main"]
 
@@ -70,11 +71,19 @@ async def _kwik_client(spec: dict[str, Any], settings: QuicSettings) -> dict[str
             size = params["size"]
             if params["mode"] == "dual":
                 await peer_kwik.relay_setup(session, addrs[1])
-                result = await app.client_download(
-                    session.open_stream_sync, size, header=f"SPLIT {size}\n".encode()
-                )
-            else:
-                result = await app.client_download(session.open_stream_sync, size)
+            # per-path throughput over time, for the chart of the relay's share (--plot)
+            sampler = PathSampler(session, interval=0.1)
+            sampler.start()
+            try:
+                if params["mode"] == "dual":
+                    result = await app.client_download(
+                        session.open_stream_sync, size, header=f"SPLIT {size}\n".encode()
+                    )
+                else:
+                    result = await app.client_download(session.open_stream_sync, size)
+            finally:
+                series = await sampler.stop()
+            result["path_samples"] = series
             result["paths"] = [
                 {"address": p.address, "bytes_received": p.bytes_received} for p in session.paths
             ]

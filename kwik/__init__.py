@@ -10,6 +10,7 @@ Entry points: :func:`dial_addr` (client) and :func:`listen_addr` (server).
 
 from ._connect import dial_addr
 from ._pool import PoolStats, WorkerPool, close_global_worker_pool, get_global_worker_pool
+from ._version import __version__
 from .config import Config, PathPolicy, TLSConfig
 from .exceptions import (
     HandshakeError,
@@ -24,8 +25,6 @@ from .exceptions import (
 from .server import Listener, listen_addr
 from .session import PathInfo, Relay, Session, SessionStatistics, Stream
 from .tls import generate_self_signed_cert
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Config",

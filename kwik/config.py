@@ -240,15 +240,35 @@ class TLSConfig:
     """
 
     certfile: str | os.PathLike[str] | None = None
+    """Path of this side's certificate chain (PEM), leaf first. A server's identity."""
+
     keyfile: str | os.PathLike[str] | None = None
+    """Path of the private key (PEM) of ``certfile``; None when the key is in ``certfile``."""
+
     certificate: bytes | None = None
+    """This side's certificate chain as PEM bytes, leaf first (instead of ``certfile``)."""
+
     private_key: bytes | None = None
+    """The unencrypted PEM private key of ``certificate``; required with it."""
+
     cafile: str | os.PathLike[str] | None = None
+    """Path of the CA certificate(s) (PEM) a client verifies the server against, instead of
+    the system trust store."""
+
     cadata: bytes | str | None = None
+    """CA certificate(s) as PEM text or bytes, like ``cafile`` (both may be given)."""
+
     server_name: str | None = None
+    """Name the server's certificate must match (and the SNI sent); None: the host of the
+    dialed address. Relay paths always verify the relay's own host."""
+
     alpn_protocols: Sequence[str] = field(default=("kwik",))
+    """ALPN protocols offered (client) or accepted (server); both sides must share one."""
+
     insecure_skip_verify: bool = False
+    """True skips the verification of the server's certificate: for development only."""
 
     @property
     def has_identity(self) -> bool:
+        """True when a certificate is configured (``certfile`` or ``certificate``)."""
         return self.certfile is not None or self.certificate is not None

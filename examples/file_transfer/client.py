@@ -9,6 +9,7 @@ against the metadata and prints what each path carried.
     python -m examples.file_transfer.client FILE                # from 127.0.0.1:4433
     python -m examples.file_transfer.client -k FILE --out copy.bin --progress
     python -m examples.file_transfer.client --ca cert.pem --addr host:4433 FILE
+    python -m examples.file_transfer.client -k FILE --plot paths.png    # throughput per path
 
 The exit status is 0 only when the copy is exact. The client verifies the relay's certificate
 with the same trust settings as the primary's (``--ca`` may hold both certificates).
@@ -29,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import kwik
 
@@ -76,6 +77,9 @@ class TransferResult:
     elapsed: float
     paths: tuple[kwik.PathInfo, ...]
     """The client session's paths right after the stream ended (path 1: the primary)."""
+    path_series: dict[str, Any] | None = None
+    """Per-path bytes received over time (``benchmarks.paths.PathSampler``), when the
+    download was asked to sample them."""
 
     @property
     def exact(self) -> bool:
@@ -146,13 +150,15 @@ async def download(
     config: kwik.Config | None = None,
     progress: TextIO | None = None,
     timeout: float = 30.0,
+    sample_paths: float | None = None,
 ) -> TransferResult:
     """Download ``file_name`` from the primary server at ``addr`` into ``out``.
 
     ``out`` defaults to ``downloaded_<file_name>`` in the current directory. ``progress``, when
     given, receives a text progress bar. ``timeout`` bounds every wait for the servers (seconds
-    without a new record). The result tells whether the copy is exact; a copy with the wrong
-    size or digest is a result, not an error.
+    without a new record). ``sample_paths``, when given, samples every path's bytes received
+    at that interval (seconds) into ``TransferResult.path_series``. The result tells whether
+    the copy is exact; a copy with the wrong size or digest is a result, not an error.
 
     Raises:
         TransferError: the server refused, broke the protocol, or went silent.
@@ -161,6 +167,13 @@ async def download(
     started = time.monotonic()
     out_path = Path(out) if out is not None else Path(f"downloaded_{Path(file_name).name}")
     session = await kwik.dial_addr(addr, tls, config)
+    sampler = None
+    if sample_paths is not None:
+        from benchmarks.paths import PathSampler  # the repository's sampler, shared with benchmarks
+
+        sampler = PathSampler(session, sample_paths)
+        sampler.start()
+    series: dict[str, Any] | None = None
     failure: str | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -184,6 +197,8 @@ async def download(
             bar.finish()
         await stream.close()
         paths = tuple(session.paths)
+        if sampler is not None:
+            series = await sampler.stop()
     except ProtocolError as exc:
         failure = str(exc)
         raise TransferError(failure) from None
@@ -194,6 +209,8 @@ async def download(
         failure = f"no progress for {timeout} s"
         raise TransferError(failure) from None
     finally:
+        if sampler is not None and series is None:
+            await sampler.stop()  # the download failed: stop sampling
         if failure is not None:
             await session.close_with_error(APP_ERROR, failure[:200])
         else:
@@ -209,6 +226,7 @@ async def download(
         windows=layout.total_windows,
         elapsed=time.monotonic() - started,
         paths=paths,
+        path_series=series,
     )
 
 
@@ -293,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--progress", action="store_true", help="progress bar on stderr even if not a tty"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds without progress")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write a PNG chart of the throughput on each path over time (needs matplotlib: "
+        "the 'bench' extra)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -306,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out=args.out,
                 progress=sys.stderr if show_progress else None,
                 timeout=args.timeout,
+                sample_paths=0.05 if args.plot else None,
             )
         )
     except KeyboardInterrupt:
@@ -315,6 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for line in format_report(result):
         print(line, flush=True)
+    if args.plot and result.path_series is not None:
+        from benchmarks.plot import plot_path_throughput
+
+        chart = plot_path_throughput(
+            result.path_series, Path(args.plot), title=f"download of {result.file_name}"
+        )
+        print(f"throughput per path: {chart}", flush=True)
     return 0 if result.exact else 1
 
 

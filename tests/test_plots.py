@@ -1,0 +1,187 @@
+"""Benchmark charts (``python -m benchmarks --plot``) and the per-path sampler behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kwik
+from benchmarks.paths import PathSampler
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(samples: list[float], unit: str) -> dict[str, Any]:
+    ordered = sorted(samples)
+    return {
+        "unit": unit,
+        "n": len(samples),
+        "median": ordered[len(ordered) // 2],
+        "min": ordered[0],
+        "max": ordered[-1],
+        "samples": samples,
+    }
+
+
+def _series() -> dict[str, Any]:
+    times = [0.0, 0.1, 0.2, 0.3]
+    return {
+        "interval": 0.1,
+        "t": times,
+        "paths": [
+            {"path_id": 1, "address": "a:1", "is_primary": True, "bytes": [0, 100, 200, 300]},
+            {"path_id": 2, "address": "b:2", "is_primary": False, "bytes": [0, 0, 150, 300]},
+        ],
+    }
+
+
+def _report() -> dict[str, Any]:
+    """A results file shaped like the one ``--json`` writes (two scenarios and a skip)."""
+    mbps = {
+        "what": "one stream, MB/s",
+        "unit": "MB/s",
+        "higher_is_better": True,
+        "kwik": _summary([25.0, 26.0, 27.0], "MB/s"),
+        "aioquic": _summary([24.0, 26.5, 26.0], "MB/s"),
+        "ratio": 26.0 / 26.0,
+    }
+    ratio_only = {"what": "pool / inline (ratio only)", "kwik": None, "aioquic": None, "ratio": 1.0}
+    sample = {"values": {"mbps": 4.6}, "result": {"path_samples": _series()}}
+    return {
+        "scenarios": {
+            "bulk": {"status": "ok", "rows": [mbps, ratio_only]},
+            "rtt": {"status": "skipped", "reason": "not selected"},
+            "multipath": {
+                "status": "ok",
+                "rows": [mbps],
+                "samples": {
+                    "kwik-dual": [sample],
+                    "kwik-single": [{"values": {"mbps": 2.3}, "result": {}}],
+                },
+            },
+        }
+    }
+
+
+def test_plot_from_json_writes_every_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_report()))
+    out = tmp_path / "charts"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--from-json", str(results), "--plot", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in out.iterdir())
+    # a chart per scenario that ran, the ratios, and the multipath per-path chart; none for rtt
+    assert written == ["bulk.png", "multipath-paths.png", "multipath.png", "ratios.png"]
+    for name in written:
+        assert (out / name).read_bytes().startswith(PNG), name
+
+
+def test_from_json_needs_plot(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--from-json", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "--from-json needs --plot" in proc.stderr
+
+
+def test_path_chart_rates() -> None:
+    from benchmarks.plot import _rates
+
+    mids, rates = _rates([0.0, 0.5, 1.0], [0, 1_000_000, 1_500_000])
+    assert mids == [0.25, 0.75]
+    assert rates == [2.0, 1.0]
+
+
+@dataclass
+class _Path:
+    path_id: int
+    address: str
+    is_primary: bool
+    bytes_received: int
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.paths = [_Path(1, "p:1", True, 0)]
+
+
+async def test_sampler_follows_paths_that_appear_later() -> None:
+    session = _Session()
+    sampler = PathSampler(session, interval=0.01)
+    sampler.start()
+    session.paths[0].bytes_received = 500
+    await asyncio.sleep(0.05)
+    session.paths.append(_Path(2, "r:2", False, 0))
+    session.paths[1].bytes_received = 700
+    await asyncio.sleep(0.05)
+    series = await sampler.stop()
+    times = series["t"]
+    assert times[0] == 0.0 and times == sorted(times) and len(times) >= 3
+    primary, relay = series["paths"]
+    assert primary["path_id"] == 1 and relay["path_id"] == 2 and relay["is_primary"] is False
+    assert len(primary["bytes"]) == len(relay["bytes"]) == len(times)
+    assert primary["bytes"][0] == 0 and primary["bytes"][-1] == 500
+    assert relay["bytes"][0] == 0 and relay["bytes"][-1] == 700  # zero before it existed
+
+
+def test_sampler_rejects_a_bad_interval() -> None:
+    with pytest.raises(ValueError):
+        PathSampler(_Session(), interval=0)
+
+
+async def test_file_transfer_client_plots_its_paths(tmp_path: Path) -> None:
+    """``python -m examples.file_transfer.client --plot``: a chart of a real two-server download."""
+    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    from .conftest import CERT
+    from .test_file_transfer_example import servers
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "data.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(CERT)
+    chart = tmp_path / "paths.png"
+    config = kwik.Config(handshake_timeout=5.0)
+    async with asyncio.timeout(90), servers(files, config) as addr:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "examples.file_transfer.client",
+            "data.bin",
+            "--addr",
+            addr,
+            "--ca",
+            str(ca),
+            "--out",
+            str(tmp_path / "copy.bin"),
+            "--plot",
+            str(chart),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await client.communicate()
+    assert client.returncode == 0, err.decode()
+    assert b"exact copy" in out and b"throughput per path" in out
+    assert chart.read_bytes().startswith(PNG)
+    assert (tmp_path / "copy.bin").read_bytes() == (files / "data.bin").read_bytes()
