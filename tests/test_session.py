@@ -9,7 +9,7 @@ import pytest
 
 import kwik
 from kwik._path import Path
-from kwik.protocol import OpenStreamFrame, PingFrame, StreamFrame, encode_record
+from kwik.protocol import OpenStreamFrame, StreamFrame, encode_record
 
 from .conftest import CERT, KEY, Server, read_all
 
@@ -549,9 +549,7 @@ async def test_qlog_dir_writes_files(server_tls, client_tls, tmp_path) -> None:
     assert b"quic" in files[0].read_bytes()
 
 
-async def test_silent_server_fails_the_path(
-    make_server, client_tls, config, monkeypatch
-) -> None:
+async def test_silent_server_fails_the_path(make_server, client_tls, config, monkeypatch) -> None:
     """A server that goes silent (it neither receives nor sends: killed, unplugged) makes the
     client fail the path within heartbeat_interval * heartbeat_miss_threshold; with its only
     path gone the session closes."""
