@@ -28,8 +28,10 @@ from .frames import (
     encode_record,
     is_ack_eliciting,
 )
+from .liveness import Liveness, LivenessAction
 from .reader import RecordReader
 from .reassembly import ReceiveBuffer
+from .session import SessionCore, StreamState
 
 __all__ = [
     "MAX_FRAMES_PER_PACKET",
@@ -40,6 +42,8 @@ __all__ = [
     "AddPathRespFrame",
     "Frame",
     "FrameType",
+    "Liveness",
+    "LivenessAction",
     "OpenStreamFrame",
     "OpenStreamRespFrame",
     "Packet",
@@ -48,7 +52,9 @@ __all__ = [
     "RecordReader",
     "ReceiveBuffer",
     "RelayDataFrame",
+    "SessionCore",
     "StreamFrame",
+    "StreamState",
     "decode_packet",
     "encode_packet",
     "encode_record",
