@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import _aioquic
 from ._addr import parse_address
 from ._version import __version__
 from .config import Config, TLSConfig
@@ -69,87 +70,10 @@ class Check:
     detail: str
 
 
-def _fallback_hook_report() -> list[tuple[str, bool, str]]:
-    """Probe aioquic's private names kwik uses, on real objects where they are instance
-    attributes. Used when ``kwik._aioquic.hook_report`` is not available."""
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.quic.connection import QuicConnection
-    from aioquic.quic.stream import QuicStreamSender
-
-    objects: dict[str, Any] = {"QuicConnection": QuicConnection}
-    problems: dict[str, str] = {}
-    try:
-        connection = QuicConnection(configuration=QuicConfiguration(is_client=True))
-        objects["connection"] = connection
-        objects["loss"] = connection._loss
-    except Exception as exc:  # an incompatible aioquic: report it, do not crash the doctor
-        problems["connection"] = f"cannot build a QuicConnection: {exc!r}"
-    try:
-        objects["sender"] = QuicStreamSender(stream_id=0, writable=True)
-    except Exception as exc:
-        problems["sender"] = f"cannot build a QuicStreamSender: {exc!r}"
-
-    async def protocol_probe() -> QuicConnectionProtocol:
-        # the protocol reads the running loop in its constructor
-        return QuicConnectionProtocol(
-            QuicConnection(configuration=QuicConfiguration(is_client=True))
-        )
-
-    try:
-        objects["protocol"] = asyncio.run(protocol_probe())
-    except Exception as exc:
-        problems["protocol"] = f"cannot build a QuicConnectionProtocol: {exc!r}"
-
-    connection_name = "aioquic.quic.connection.QuicConnection"
-    wanted = [
-        (f"{connection_name}._write_stream_limits", "QuicConnection", "_write_stream_limits"),
-        (
-            f"{connection_name}._on_max_stream_data_delivery",
-            "QuicConnection",
-            "_on_max_stream_data_delivery",
-        ),
-        (f"{connection_name}._streams", "connection", "_streams"),
-        (f"{connection_name}._loss", "connection", "_loss"),
-        (f"{connection_name}._loss._rtt_smoothed", "loss", "_rtt_smoothed"),
-        (f"{connection_name}._loss._rtt_initialized", "loss", "_rtt_initialized"),
-        (f"{connection_name}._network_paths", "connection", "_network_paths"),
-        (f"{connection_name}._close_event", "connection", "_close_event"),
-        ("aioquic.quic.stream.QuicStreamSender._buffer_start", "sender", "_buffer_start"),
-        ("aioquic.quic.stream.QuicStreamSender._buffer_stop", "sender", "_buffer_stop"),
-        (
-            "aioquic.asyncio.protocol.QuicConnectionProtocol._transmit_task",
-            "protocol",
-            "_transmit_task",
-        ),
-        ("aioquic.asyncio.protocol.QuicConnectionProtocol._timer", "protocol", "_timer"),
-        ("aioquic.asyncio.protocol.QuicConnectionProtocol._timer_at", "protocol", "_timer_at"),
-    ]
-    report: list[tuple[str, bool, str]] = []
-    for full_name, holder, attribute in wanted:
-        if holder in objects:
-            present = hasattr(objects[holder], attribute)
-            report.append((full_name, present, "present" if present else "missing"))
-        else:
-            key = "connection" if holder == "loss" else holder
-            report.append((full_name, False, problems.get(key, "not probed")))
-    return report
-
-
 def hook_report() -> list[tuple[str, bool, str]]:
-    """``(aioquic attribute, present?, detail)`` for every aioquic internal kwik relies on.
-
-    Prefers ``kwik._aioquic.hook_report`` (the module that holds every such name) and probes
-    the names itself when that module does not exist in this version of kwik.
-    """
-    try:
-        module = importlib.import_module("kwik._aioquic")
-    except ModuleNotFoundError as exc:
-        if exc.name != "kwik._aioquic":
-            raise
-        return _fallback_hook_report()
-    report: Callable[[], list[tuple[str, bool, str]]] = module.hook_report
-    return report()
+    """``(aioquic attribute, present?, detail)`` for every aioquic internal kwik relies on
+    (``kwik._aioquic``, which also refuses to import when one is missing)."""
+    return _aioquic.hook_report()
 
 
 def _distribution_version(name: str) -> str | None:

@@ -61,7 +61,7 @@ class PoolStats:
     submitted: int
     processed: int
     sessions: int
-    """Holders of a reference: open sessions (and listeners)."""
+    """Holders of a reference: the open sessions (listeners hold none)."""
     buffer_size: int
     buffers_created: int
     buffers_reused: int

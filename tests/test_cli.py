@@ -129,18 +129,6 @@ def test_doctor_fails_on_a_missing_hook(
     assert "verdict: BROKEN" in out
 
 
-def test_fallback_probe_sees_a_removed_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aioquic.quic.connection import QuicConnection
-
-    present = {name: ok for name, ok, _ in _cli._fallback_hook_report()}
-    assert present and all(present.values()), present
-    assert "aioquic.quic.stream.QuicStreamSender._buffer_start" in present
-    monkeypatch.delattr(QuicConnection, "_write_stream_limits")
-    after = {name: ok for name, ok, _ in _cli._fallback_hook_report()}
-    assert after["aioquic.quic.connection.QuicConnection._write_stream_limits"] is False
-    assert sum(not ok for ok in after.values()) == 1
-
-
 def test_udp_buffer_check(tmp_path: Path) -> None:
     wanted = kwik.Config().udp_receive_buffer
     limit = tmp_path / "rmem_max"
@@ -226,13 +214,3 @@ def test_listen_rejects_bad_arguments(tmp_path: Path) -> None:
     assert no_key.returncode == 2 and b"--cert and --key go together" in no_key.stderr
     missing = kwik_cli("listen", "127.0.0.1:0", "--serve", str(tmp_path / "absent"))
     assert missing.returncode == 2 and b"not a file" in missing.stderr
-
-
-def test_hook_report_prefers_kwik_aioquic(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
-    module = types.ModuleType("kwik._aioquic")
-    expected = [("aioquic.something._private", True, "present")]
-    module.hook_report = lambda: expected  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kwik._aioquic", module)
-    assert _cli.hook_report() == expected

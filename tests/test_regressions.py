@@ -86,7 +86,8 @@ async def test_slow_reader_gets_everything_after_a_graceful_close(size: int) -> 
 async def test_a_client_that_does_not_read_keeps_its_session(config) -> None:
     """r2_heartbeat_kills_slow_reader: 20 heartbeat intervals without reading, while the
     server's data fills every window; the session survives and every byte arrives."""
-    cfg = config.replace(heartbeat_interval=0.1, heartbeat_miss_threshold=3)
+    # a short bound (0.75 s) that is still longer than the loop's stalls on a loaded CI machine
+    cfg = config.replace(heartbeat_interval=0.25, heartbeat_miss_threshold=3)
     payload = os.urandom(6 * MIB)
     async with asyncio.timeout(60):
         listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg)
