@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 from collections.abc import Awaitable, Callable
@@ -382,4 +383,112 @@ async def test_late_fin_of_finished_stream_is_not_a_new_stream(make_server, clie
         await asyncio.sleep(0.3)
         assert session._core.streams_pending_accept == 0
         assert session.paths[1].packets_received >= 2
+        await session.close()
+
+
+# --- the session-core issue: multi-server streams and paths that end ------------------------
+
+
+async def test_two_servers_each_write_half_beyond_the_window(make_server, client_tls, config):
+    """r9_split_halves: the primary writes the first half and ends its part without a FIN
+    (end_part), the secondary writes the second half, far beyond the client's receive window,
+    and sends the FIN at the true end. The relay path back-pressures instead of failing; the
+    stream arrives byte-exact and the secondary's FIN gives EOF."""
+    size = 6 * 1024 * 1024
+    data = os.urandom(size)
+    half = size // 2
+    cfg = config.replace(stream_receive_buffer=256 * 1024)
+
+    async def second_half(session: kwik.Session, stream: kwik.Stream) -> None:
+        assert await stream.readexactly(5) == b"half!"
+        stream.set_write_offset(half)
+        await stream.write(data[half:])
+        await stream.close()  # the FIN, at the true end
+        await session.wait_closed()
+
+    secondary = await make_server(second_half, cfg)
+
+    async def first_half(session: kwik.Session, stream: kwik.Stream) -> None:
+        await stream.readexactly(3)
+        relay = await session.add_relay(secondary.addr)
+        await relay.send_raw_data(b"half!", stream.stream_id)
+        await asyncio.sleep(0.3)  # the secondary's half is on its way first
+        await stream.write(data[:half])
+        await stream.end_part()  # no FIN from this writer
+
+    primary = await make_server(first_half, cfg)
+    async with asyncio.timeout(60):
+        session = await kwik.dial_addr(primary.addr, client_tls, cfg)
+        stream = await session.open_stream_sync()
+        await stream.write(b"GET")
+        assert await read_all(stream) == data
+        assert [p.state for p in session.paths] == ["active", "active"]
+        assert stream.received_ranges() == [(0, size)]
+        await session.close()
+
+
+async def test_relay_path_ending_while_congested_unblocks_the_primary(
+    make_server, client_tls, config
+):
+    """r4_relay_death_blocks_primary: the relay path is congested (the client holds relayed
+    data for it, the primary path waits); the relay path ends; the primary path goes on."""
+    cfg = config.replace(relay_buffer=64 * 1024, path_send_window=64 * 1024)
+    ready, go = asyncio.Event(), asyncio.Event()
+
+    async def secondary_side(session: kwik.Session, stream: kwik.Stream) -> None:
+        await stream.readexactly(1)
+        ready.set()
+        await session.wait_closed()
+
+    secondary = await make_server(secondary_side, cfg)
+
+    async def primary_side(session: kwik.Session, stream: kwik.Stream) -> None:
+        await stream.readexactly(3)
+        relay = await session.add_relay(secondary.addr)
+        await relay.send_raw_data(b"a", stream.stream_id)
+        await go.wait()
+        with contextlib.suppress(kwik.KwikError):
+            async with asyncio.timeout(2):
+                await relay.send_raw_data(b"r" * 1_000_000, stream.stream_id)
+        await stream.write(b"HELLO-FROM-PRIMARY")
+        await stream.close()
+
+    primary = await make_server(primary_side, cfg)
+    async with asyncio.timeout(30):
+        session = await kwik.dial_addr(primary.addr, client_tls, cfg)
+        stream = await session.open_stream_sync()
+        await stream.write(b"GET")
+        await ready.wait()
+        server = secondary.listener._server
+        assert server is not None and server._transport is not None
+        server._transport.pause_reading()  # the secondary stops acknowledging
+        go.set()
+        await asyncio.sleep(0.5)
+        await session.remove_path(2)  # the relay path goes away
+        server._transport.resume_reading()
+        assert await read_all(stream) == b"HELLO-FROM-PRIMARY"
+        assert not session.is_closed
+        await session.close()
+
+
+async def test_terminated_paths_leave_the_session(make_server, client_tls, config):
+    """r8_dead_paths_accumulate: relay paths that end leave the session (their statistics are
+    kept in a bounded history); the path-closed callback reports each one."""
+    secondary = await make_server(None)
+    primary = await make_server(None)
+    closed: list[kwik.PathInfo] = []
+    async with asyncio.timeout(60):
+        session = await kwik.dial_addr(primary.addr, client_tls, config)
+        session.add_path_closed_callback(closed.append)
+        await primary.session_arrived.wait()
+        server_session = primary.sessions[0]
+        for _ in range(20):
+            relay = await server_session.add_relay(secondary.addr)
+            await session.remove_path(relay.path_id)
+            await server_session.remove_path(relay.path_id)
+        assert len(session._paths) == 1  # only the primary is held
+        assert len(session.paths) <= 1 + 16  # live + bounded history
+        assert [info.state for info in closed] == ["closed"] * 20
+        assert len({info.path_id for info in closed}) == 20
+        assert server_session.relays == []
         await session.close()
