@@ -22,8 +22,10 @@ from .exceptions import (
     SessionClosedError,
     StreamClosedError,
 )
+from .relay import Relay
 from .server import Listener, listen_addr
-from .session import PathInfo, Relay, Session, SessionStatistics, Stream
+from .session import PathInfo, Session, SessionStatistics
+from .stream import Stream
 from .tls import generate_self_signed_cert
 
 __all__ = [

@@ -49,7 +49,7 @@ from .stream import Stream
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Dialer", "PathInfo", "Relay", "Session", "SessionStatistics", "Stream"]
+__all__ = ["Dialer", "PathInfo", "Session", "SessionStatistics"]
 
 logger = logging.getLogger("kwik.session")
 
