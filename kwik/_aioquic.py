@@ -4,7 +4,9 @@ aioquic's public API cannot bound memory: its stream credit doubles whatever the
 consumed, its send buffer is unbounded, and it exposes neither RTT nor bytes in flight. kwik
 therefore reaches into a few internals. They are all here, and :func:`check_hooks` runs at
 import: if an aioquic release renames or reshapes one, ``import kwik`` fails with
-:class:`AioquicHookError` naming it, instead of kwik silently losing a bound.
+:class:`AioquicHookError` naming it, instead of kwik silently losing a bound. The protected
+members of ``QuicConnectionProtocol`` that its subclasses use (``_quic``, ``_transport``,
+``_loop``, ``_transmit_soon``) are checked too; ``python -m kwik doctor`` prints the report.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class AioquicHookError(ImportError):
 
 # name, where, how to check
 _CONNECTION_ATTRS = (
+    "_close_event",
     "_streams",
     "_loss",
     "_network_paths",
@@ -78,6 +81,7 @@ _PROTOCOL_ATTRS = (
     "_loop",
     "_handle_timer",
     "_transport",
+    "_transmit_soon",
 )
 
 
@@ -221,7 +225,7 @@ def peer_address(quic: QuicConnection) -> tuple[Any, ...] | None:
 
 def close_reason(quic: QuicConnection) -> str:
     """The reason phrase the connection was closed with, or ""."""
-    event = getattr(quic, "_close_event", None)
+    event = quic._close_event
     reason = getattr(event, "reason_phrase", None)
     return str(reason) if reason else ""
 
