@@ -104,6 +104,8 @@ _MAX_OPEN_ATTEMPTS = 16
 #: Finished streams whose final offsets a session remembers (late frames are dropped, and
 #: their ids are not reused by this side for a while).
 _RETIRED_MEMORY = 4096
+#: Ended paths whose counters the core keeps for statistics.
+_ENDED_MEMORY = 16
 #: Control bytes a path may send beyond its data budget (acks and answers keep flowing when
 #: stream data fills the window).
 _CONTROL_SLACK = 64 * 1024
@@ -375,6 +377,7 @@ class SessionCore:
         self.config = config
         self._max_frame = frame_data_limit(config)
         self._paths: dict[int, _Path] = {}
+        self._ended_counters: dict[int, PathCounters] = {}
         self._primary: _Path | None = None
         self._next_path_id = 1
         self._events: deque[Event] = deque()
@@ -602,8 +605,9 @@ class SessionCore:
         return path is not None and path is self._primary
 
     def counters(self, path_id: int) -> PathCounters | None:
+        """A path's counters; those of the last ended paths stay available."""
         path = self._paths.get(path_id)
-        return path.stats if path is not None else None
+        return path.stats if path is not None else self._ended_counters.get(path_id)
 
     def wants_records(self, path_id: int) -> bool:
         """Whether the transport may hand this path's next record in now."""
@@ -744,6 +748,10 @@ class SessionCore:
         self._drain_parked(path, force=True, now=now)
         path.parked.clear()
         del self._paths[path_id]
+        # its counters stay readable for a while (the adapter's statistics history)
+        self._ended_counters[path_id] = path.stats
+        if len(self._ended_counters) > _ENDED_MEMORY:
+            del self._ended_counters[next(iter(self._ended_counters))]
         # forwarding to it is over: whatever waited on it goes on
         for key in [k for k in self._relayed if k[0] == path_id]:
             del self._relayed[key]
