@@ -78,6 +78,7 @@ async def serve_relay_stream(stream: kwik.Stream, files_dir: Path) -> None:
     the client then lacks the relay's records and the primary gives up on the window.
     """
     session = stream.session
+    assert isinstance(session, kwik.Session)
     written = 0
     try:
         while True:
