@@ -99,7 +99,8 @@ class Recovery:
         done = f" in {self.duration:.2f} s" if self.duration is not None else ""
         if not self.taken_over:
             return head + f"nothing to take over (it had delivered its chunks){done}"
-        return head + f"the primary took over {len(self.taken_over)} chunks [{chunks}]{done}"
+        count = len(self.taken_over)
+        return head + f"the primary took over {count} chunk{'s' * (count != 1)} [{chunks}]{done}"
 
 
 def _chunk_list(chunks: tuple[int, ...]) -> str:
