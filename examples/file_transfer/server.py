@@ -92,6 +92,8 @@ class _Transfer:
     layout: Layout
     relays: dict[int, kwik.Relay]
     """Live relays by path id, in recruiting order."""
+    lost: set[int] = field(default_factory=set)
+    """Path ids the client reported lost (even before their relay was recruited)."""
     owner: list[int | None] = field(default_factory=list)
     """Per chunk: :data:`PRIMARY`, the path id of the relay it was given to, or None (not
     dealt yet)."""
@@ -115,6 +117,7 @@ class _Transfer:
         """The client lost relay path ``path_id``: forget that relay, and make the primary the
         owner of its chunks among ``missing``. Returns the relay (None if it was not one of
         this transfer's live relays) and the chunks taken over."""
+        self.lost.add(path_id)
         relay = self.relays.pop(path_id, None)
         taken = [
             index
@@ -158,12 +161,14 @@ async def serve_transfer(
     if transfers is None:
         transfers = {}
     try:
-        payload = await read_message(stream, MAX_NAME_SIZE)
+        payload = await read_message(stream)
         if payload is None:
             return
         if payload.startswith(CONTROL_MARK):
             await _serve_recover(session, stream, Recover.decode(payload), transfers)
             return
+        if len(payload) > MAX_NAME_SIZE:
+            raise ProtocolError(f"file name of {len(payload)} bytes (at most {MAX_NAME_SIZE})")
         name = payload.decode("utf-8", "replace")
         try:
             path = resolve_file(files_dir, name)
@@ -193,27 +198,34 @@ async def _send_file(
 ) -> None:
     header = meta.encode()
     layout = meta.layout()
-    await stream.write(header)  # offset 0
-    # relays write some chunks of each window: with fewer than two chunks they have nothing to do
-    relays = await _recruit(session, _relay_list(relay_addrs)) if layout.total_chunks >= 2 else []
-    transfer = _Transfer(stream, path, layout, {relay.path_id: relay for relay in relays})
-    LOGGER.info(
-        "primary: %s (%d bytes, %d windows) to %s, relays %s",
-        meta.file_name,
-        meta.file_size,
-        layout.total_windows,
-        session.remote_addr,
-        relays,
-    )
+    # registered before the client can know the stream's layout: any RECOVER finds it
+    transfer = _Transfer(stream, path, layout, {})
     transfers[stream.stream_id] = transfer
     try:
+        await stream.write(header)  # offset 0
+        # relays write some chunks of each window: with fewer than two chunks they have nothing
+        # to do
+        if layout.total_chunks >= 2:
+            for relay in await _recruit(session, _relay_list(relay_addrs)):
+                if relay.path_id in transfer.lost:  # lost while the others were being added
+                    await _forget(session, relay)
+                else:
+                    transfer.relays[relay.path_id] = relay
+        LOGGER.info(
+            "primary: %s (%d bytes, %d windows) to %s, relays %s",
+            meta.file_name,
+            meta.file_size,
+            layout.total_windows,
+            session.remote_addr,
+            list(transfer.relays.values()),
+        )
         with path.open("rb") as file:
             for window in range(layout.total_windows):
                 chunks = layout.window_chunks(window)
                 dealt = transfer.deal(chunks)
                 for path_id, theirs in dealt.items():
-                    relay = transfer.relays.get(path_id)
-                    if relay is None or not theirs:
+                    helper = transfer.relays.get(path_id)
+                    if helper is None or not theirs:
                         continue
                     command = SendWindow(
                         file_name=meta.file_name,
@@ -225,10 +237,10 @@ async def _send_file(
                         chunks=tuple((i, layout.record_offset(i)) for i in theirs),
                     )
                     try:
-                        await relay.send_raw_data(command.encode(), stream.stream_id)
+                        await helper.send_raw_data(command.encode(), stream.stream_id)
                     except kwik.PathError:
                         # removed by a RECOVER meanwhile: its chunks are being taken over
-                        LOGGER.info("primary: relay %s gone before window %d", relay, window)
+                        LOGGER.info("primary: relay %s gone before window %d", helper, window)
                 await _write_records(transfer, file, dealt[PRIMARY])
                 await _wait_ack(stream, window, ack_timeout)
         for relay in list(transfer.relays.values()):
@@ -263,11 +275,7 @@ async def _serve_recover(
             taken,
         )
         if relay is not None:
-            try:
-                # stop queuing commands for it (KWIK v2 cannot close the client's path to it)
-                await session.remove_path(relay.path_id)
-            except kwik.PathError:
-                pass
+            await _forget(session, relay)
         if taken and not transfer.stream.is_write_closed:
             try:
                 with transfer.path.open("rb") as file:
@@ -277,6 +285,15 @@ async def _serve_recover(
                 LOGGER.info("primary: stream %d ended during the take-over", request.stream_id)
     await stream.write(TakenOver(tuple(taken)).encode())
     await stream.close()
+
+
+async def _forget(session: kwik.Session, relay: kwik.Relay) -> None:
+    """Stop queuing commands for a relay the client lost (KWIK v2 has no frame to close the
+    client's path to it; that path is gone anyway)."""
+    try:
+        await session.remove_path(relay.path_id)
+    except kwik.PathError:
+        pass  # removed already
 
 
 async def _recruit(session: kwik.Session, relay_addrs: list[str]) -> list[kwik.Relay]:
