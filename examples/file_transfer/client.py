@@ -1,23 +1,33 @@
-"""The file_transfer client: download one file from a primary server and its relay.
+"""The file_transfer client: download one file from a primary server and its relays.
 
-The client dials the primary only. The primary recruits the relay (``add_relay``), so the
-client's session gains a second path, to the relay; both servers write chunk records into the
-one logical stream the client opened, and the client reads it as an ordinary stream: metadata,
-then records in order, acknowledging each window. At the end it checks the size and SHA-256
-against the metadata and prints what each path carried.
+The client dials the primary only. The primary recruits the relays (``add_relay``), so the
+client's session gains a path to each; every server writes chunk records into the one logical
+stream the client opened, and the client reads it as an ordinary stream: metadata, then records
+in order, acknowledging each window. At the end it checks the size and SHA-256 against the
+metadata and prints what each path carried.
+
+If a relay path ends mid-download (kwik calls the ``session.add_path_closed_callback``
+callback), the client lists the chunks it lacks from ``stream.received_ranges()`` and asks the
+primary for them on a new stream (RECOVER, see :mod:`~examples.file_transfer.protocol`); the
+primary sends its lost relay's chunks itself. The report names the chunks the primary took over
+and how long that took. If the primary dies, the download fails with "lost the primary server"
+once kwik declares its path failed (about 3 s after the last datagram on a busy path, at most
+15 s on an idle one, with default settings).
 
     python -m examples.file_transfer.client FILE                # from 127.0.0.1:4433
     python -m examples.file_transfer.client -k FILE --out copy.bin --progress
     python -m examples.file_transfer.client --ca cert.pem --addr host:4433 FILE
     python -m examples.file_transfer.client -k FILE --plot paths.png    # throughput per path
 
-The exit status is 0 only when the copy is exact. The client verifies the relay's certificate
-with the same trust settings as the primary's (``--ca`` may hold both certificates).
+The exit status is 0 only when the copy is exact. The client verifies the relays' certificates
+with the same trust settings as the primary's (``--ca`` may hold every certificate); ``-k``
+verifies none.
 
 Library::
 
     result = await download("127.0.0.1:4433", "big.bin", kwik.TLSConfig(cadata=cert_pem))
     assert result.exact
+    print(result.taken_over)        # chunks the primary sent for a relay that went away
 """
 
 from __future__ import annotations
@@ -530,7 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write the copy (default: downloaded_<FILE>)")
     parser.add_argument("--ca", help="CA certificate(s) (PEM) to verify the servers")
     parser.add_argument(
-        "-k", "--insecure", action="store_true", help="do not verify the servers' certificates"
+        "-k",
+        "--insecure",
+        action="store_true",
+        help="do not verify the servers' certificates (the primary's nor the relays')",
     )
     parser.add_argument(
         "--progress", action="store_true", help="progress bar on stderr even if not a tty"
@@ -546,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     show_progress = args.progress or sys.stderr.isatty()
+    # -k trusts every server: the relays too (kwik verifies them unless told otherwise)
+    config = kwik.Config(relay_insecure_skip_verify=True) if args.insecure else None
     try:
         result = asyncio.run(
             download(
@@ -553,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.file,
                 client_tls(args.ca, args.insecure),
                 out=args.out,
+                config=config,
                 progress=sys.stderr if show_progress else None,
                 timeout=args.timeout,
                 sample_paths=0.05 if args.plot else None,

@@ -1,23 +1,31 @@
-"""The file_transfer primary server: one download, two servers, one stream (port of KWIK's
-``file_transfer`` example).
+"""The file_transfer primary server: one download, several servers, one stream (port of KWIK's
+``file_transfer`` example, plus recovery from a relay's death).
 
 Per download (one stream opened by the client): read the file name, write the metadata at
-offset 0, recruit the relay (``session.add_relay``), then window by window (10 chunks of
-64 KiB): tell the relay which ODD chunks to write and where (``relay.send_raw_data``), write the
-EVEN chunks itself at their absolute offsets (``stream.set_write_offset``), and wait for the
-client's ACK. Finally send FINISH to the relay and end the stream at its total length. The
-layout is documented in :mod:`examples.file_transfer.protocol`. If the relay cannot be added,
-the primary sends every chunk itself.
+offset 0, recruit the relays (``session.add_relay``), then window by window (10 chunks of
+64 KiB): deal the window's chunks round robin over itself and the live relays (with one relay:
+even chunks for the primary, odd ones for the relay, as upstream), tell each relay which chunks
+to write and where (``relay.send_raw_data``), write its own at their absolute offsets
+(``stream.set_write_offset``), and wait for the client's ACK. Finally send FINISH to the relays
+and end the stream at its total length. The layout is documented in
+:mod:`examples.file_transfer.protocol`. A relay the client cannot reach gets no chunks.
+
+When the client loses its path to a relay (the relay died, or the path failed), it opens a new
+stream and sends RECOVER with the chunks it lacks; the primary drops that relay
+(``session.remove_path``), writes the relay's missing chunks itself, answers which ones it took
+over, and deals every later window without it. Nothing is lost; the download only waits for
+kwik to notice the failure (``Config.stall_timeout``, 3 s, on a busy path).
 
     python -m examples.file_transfer.relay  --files DIR                     # 127.0.0.1:4434
     python -m examples.file_transfer.server --files DIR                     # 127.0.0.1:4433
     python -m examples.file_transfer.client -k FILE                         # downloaded_FILE
 
-    python -m examples.file_transfer.server --demo [--size MiB]             # all in one process
+    python -m examples.file_transfer.server --demo [--size MiB] [--relays N] [--stop-relay-after S]
 
-``--relay`` is the relay's address as the CLIENT reaches it (the client dials it). Without
-``--cert``/``--key`` each server makes its own self-signed certificate (then use ``-k`` on the
-client); with one certificate for both servers, ``--ca`` on the client verifies both.
+``--relay`` is the relays' addresses (comma-separated) as the CLIENT reaches them (the client
+dials them). Without ``--cert``/``--key`` each server makes its own self-signed certificate
+(then use ``-k`` on the client, which then verifies no server); with one certificate for every
+server, ``--ca`` on the client verifies them all.
 """
 
 from __future__ import annotations
