@@ -349,6 +349,22 @@ async def test_two_relays_one_lost(tmp_path: Path) -> None:
     assert by_address[addrs[0]].state == "active"
 
 
+async def test_relay_without_the_file(tmp_path: Path) -> None:
+    """A relay that lacks the file closes its session: the primary sends everything."""
+    config = kwik.Config(handshake_timeout=5.0)
+    files, empty = tmp_path / "files", tmp_path / "empty"
+    files.mkdir()
+    empty.mkdir()
+    content = os.urandom(MIB)
+    (files / "f.bin").write_bytes(content)
+    async with asyncio.timeout(30), servers(files, config, relay_files=empty) as addr:
+        result = await fetch(addr, "f.bin", tmp_path / "out", config)
+    assert result.exact
+    assert (tmp_path / "out").read_bytes() == content
+    assert [r.path_id for r in result.recoveries] == [2]
+    assert result.taken_over == [1, 3, 5, 7, 9]  # the relay's chunks of window 0
+
+
 # --- as users run it ------------------------------------------------------------------------
 
 
