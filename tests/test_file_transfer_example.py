@@ -5,29 +5,41 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 import kwik
-from examples.file_transfer.client import TransferError, TransferResult, download
+from examples.file_transfer.client import (
+    TransferError,
+    TransferResult,
+    download,
+    format_report,
+)
 from examples.file_transfer.protocol import (
     RECORD_HEADER,
     Finish,
     Layout,
     Metadata,
     ProtocolError,
+    Recover,
     SendWindow,
+    TakenOver,
+    chunk_runs,
     decode_command,
+    missing_chunks,
+    read_message,
     resolve_file,
 )
-from examples.file_transfer.relay import run_relay
-from examples.file_transfer.server import run_primary
+from examples.file_transfer.relay import run_relay, send_window
+from examples.file_transfer.server import _Transfer, run_primary
 
 from .conftest import CERT, KEY
 
@@ -86,6 +98,49 @@ def test_resolve_file_stays_inside(tmp_path: Path) -> None:
             resolve_file(tmp_path, name)
 
 
+def test_missing_chunks_from_received_ranges() -> None:
+    """A chunk counts as here only when its whole record was received."""
+    layout = Layout(data_start=100, file_size=5 * 65536 + 3)  # 6 chunks, the last 3 bytes
+    step = RECORD_HEADER.size + 65536
+    received = [(0, 100 + 2 * step), (100 + 3 * step, 100 + 4 * step + 5)]  # 0, 1 and 3 whole
+    assert missing_chunks(layout, received, 0) == [2, 4, 5]
+    assert missing_chunks(layout, received, 3) == [4, 5]
+    assert missing_chunks(layout, [(0, layout.total_length)], 0) == []
+    assert missing_chunks(layout, [], 4) == [4, 5]
+    assert chunk_runs([7, 1, 2, 3, 2]) == ((1, 4), (7, 8))
+    request = Recover(stream_id=4, path_id=2, missing=((1, 4), (7, 8)))
+    assert Recover.decode(request.encode()[4:]) == request
+    assert request.chunks() == [1, 2, 3, 7]
+    assert TakenOver.decode(TakenOver((1, 3)).encode()[4:]) == TakenOver((1, 3))
+    with pytest.raises(ProtocolError):
+        Recover.decode(b"file.bin")  # a file name, not a control message
+    with pytest.raises(ProtocolError):
+        Recover.decode(
+            b'\x00{"type": "RECOVER", "stream_id": 1, "path_id": 2, "missing": [[5, 1]]}'
+        )
+
+
+def test_primary_deals_and_takes_over_only_a_dead_relays_chunks(tmp_path: Path) -> None:
+    """Round robin over the live writers; a lost relay's missing chunks go to the primary,
+    the chunks the primary sent itself or has not dealt yet do not; later windows skip it."""
+    layout = Layout(data_start=10, file_size=30 * 65536)
+    second, third = object(), object()
+    live: dict[int, kwik.Relay] = {2: second, 3: third}  # type: ignore[dict-item]
+    transfer = _Transfer(stream=None, path=tmp_path, layout=layout, relays=live)  # type: ignore[arg-type]
+    dealt = transfer.deal(layout.window_chunks(0))
+    assert dealt == {0: [0, 3, 6, 9], 2: [1, 4, 7], 3: [2, 5, 8]}
+    relay, taken = transfer.take_over(3, [5, 6, 8, 9, 10, 11])
+    assert relay is third
+    assert taken == [5, 8]  # 6 and 9 are the primary's own, 10 and 11 not dealt yet
+    assert transfer.owner[5] == 0 and transfer.owner[8] == 0
+    assert transfer.deal(layout.window_chunks(1)) == {
+        0: list(range(10, 20, 2)),
+        2: list(range(11, 20, 2)),
+    }
+    assert transfer.take_over(3, [12]) == (None, [])  # already gone: nothing more
+    assert transfer.taken_over == [5, 8]
+
+
 # --- in process: primary + relay + client ---------------------------------------------------
 
 
@@ -94,12 +149,12 @@ async def servers(
     files_dir: Path,
     config: kwik.Config,
     *,
-    relay_addr: str | None = None,
+    relay_addr: str | list[str] | None = None,
     relay_files: Path | None = None,
     ack_timeout: float = 10.0,
 ) -> AsyncIterator[str]:
-    """A relay (unless ``relay_addr`` is given) and a primary on 127.0.0.1:0; yields the
-    primary's address. Everything is stopped on exit."""
+    """A relay (unless ``relay_addr`` is given: one address or several) and a primary on
+    127.0.0.1:0; yields the primary's address. Everything is stopped on exit."""
     tls = kwik.TLSConfig(certificate=CERT, private_key=KEY)
     listeners: list[kwik.Listener] = []
     async with asyncio.TaskGroup() as group:
@@ -121,10 +176,17 @@ async def servers(
 
 
 async def fetch(
-    addr: str, name: str, out: Path, config: kwik.Config, timeout: float = 30
+    addr: str,
+    name: str,
+    out: Path,
+    config: kwik.Config,
+    timeout: float = 30,
+    on_progress: Callable[[int], None] | None = None,
 ) -> TransferResult:
     async with asyncio.timeout(timeout):
-        return await download(addr, name, kwik.TLSConfig(cadata=CERT), out=out, config=config)
+        return await download(
+            addr, name, kwik.TLSConfig(cadata=CERT), out=out, config=config, on_progress=on_progress
+        )
 
 
 async def test_primary_and_relay_fill_one_stream(tmp_path: Path, config: kwik.Config) -> None:
@@ -195,6 +257,112 @@ async def test_unreachable_relay_primary_sends_everything(tmp_path: Path) -> Non
     assert result.exact
     assert (tmp_path / "out").read_bytes() == content
     assert result.path_share(1) == 1.0
+
+
+# --- a relay that goes away mid-download ----------------------------------------------------
+
+
+async def crashing_relay(listener: kwik.Listener, files_dir: Path, crash_window: int) -> None:
+    """A relay that serves its commands until the one for ``crash_window``, then aborts its
+    session (the client's path to it ends) without writing any of that window's chunks."""
+    async for session in listener:
+        stream = await session.accept_stream()
+        while (payload := await read_message(stream)) is not None:
+            command = decode_command(payload)
+            if isinstance(command, SendWindow):
+                if command.window == crash_window:
+                    await session.abort("relay crashed")
+                    return
+                await send_window(stream, files_dir, command)
+
+
+@asynccontextmanager
+async def relays(
+    files_dir: Path, config: kwik.Config, crash_windows: list[int | None]
+) -> AsyncIterator[list[str]]:
+    """One relay per entry: a normal one (None) or one crashing at that window."""
+    tls = kwik.TLSConfig(certificate=CERT, private_key=KEY)
+    listeners = [await kwik.listen_addr("127.0.0.1:0", tls, config) for _ in crash_windows]
+    try:
+        async with asyncio.TaskGroup() as group:
+            for listener, crash in zip(listeners, crash_windows, strict=True):
+                if crash is None:
+                    group.create_task(run_relay(listener, files_dir, quiet=True))
+                else:
+                    group.create_task(crashing_relay(listener, files_dir, crash))
+            try:
+                yield [listener.addr for listener in listeners]
+            finally:
+                for listener in listeners:
+                    await listener.close()
+    finally:
+        for listener in listeners:
+            await listener.close()
+
+
+async def test_lost_relay_primary_takes_over(tmp_path: Path, config: kwik.Config) -> None:
+    """The relay's path ends at window 2 with its chunks of it undelivered: the primary sends
+    them (and every chunk after), the copy is exact and the report lists them."""
+    files = tmp_path / "files"
+    files.mkdir()
+    content = os.urandom(2 * MIB + 777)
+    (files / "f.bin").write_bytes(content)
+    out = tmp_path / "copy.bin"
+    async with asyncio.timeout(60), relays(files, config, [2]) as addrs:
+        async with servers(files, config, relay_addr=addrs) as addr:
+            result = await fetch(addr, "f.bin", out, config)
+    assert result.exact
+    assert out.read_bytes() == content
+    assert len(result.recoveries) == 1
+    recovery = result.recoveries[0]
+    assert recovery.path_id == 2 and recovery.address == addrs[0]
+    assert recovery.taken_over == (21, 23, 25, 27, 29)  # the relay's (odd) chunks of window 2
+    assert result.taken_over == [21, 23, 25, 27, 29]
+    assert recovery.duration is not None and 0 <= recovery.duration < 30
+    by_id = {p.path_id: p for p in result.paths}
+    assert by_id[2].bytes_received > 9 * 65536  # the odd chunks of windows 0 and 1 came by it
+    assert by_id[2].state != "active"
+    report = "\n".join(format_report(result))
+    assert "the primary took over 5 chunks [21, 23, 25, 27, 29]" in report, report
+
+
+async def test_two_relays_one_lost(tmp_path: Path) -> None:
+    """Primary + two relays deal chunks round robin; the second relay's path ends at window
+    1: the primary takes over its chunks of that window, the other relay keeps working."""
+    config = kwik.Config(handshake_timeout=5.0)
+    files = tmp_path / "files"
+    files.mkdir()
+    content = os.urandom(2 * MIB)
+    (files / "f.bin").write_bytes(content)
+    out = tmp_path / "copy.bin"
+    async with asyncio.timeout(60), relays(files, config, [None, 1]) as addrs:
+        async with servers(files, config, relay_addr=addrs) as addr:
+            result = await fetch(addr, "f.bin", out, config)
+    assert result.exact
+    assert out.read_bytes() == content
+    assert [r.address for r in result.recoveries] == [addrs[1]]
+    # writers: primary (index % 3 == 0), first relay (1), second relay (2)
+    assert result.taken_over == [11, 14, 17]
+    by_address = {p.address: p for p in result.paths}
+    # the surviving relay had a third of windows 0..1, then half of every later window
+    assert by_address[addrs[0]].bytes_received > 0.3 * len(content)
+    assert by_address[addrs[0]].state == "active"
+
+
+async def test_relay_without_the_file(tmp_path: Path) -> None:
+    """A relay that lacks the file closes its session: the primary sends everything."""
+    config = kwik.Config(handshake_timeout=5.0)
+    files, empty = tmp_path / "files", tmp_path / "empty"
+    files.mkdir()
+    empty.mkdir()
+    content = os.urandom(MIB)
+    (files / "f.bin").write_bytes(content)
+    async with asyncio.timeout(30), servers(files, config, relay_files=empty) as addr:
+        result = await fetch(addr, "f.bin", tmp_path / "out", config)
+    assert result.exact
+    assert (tmp_path / "out").read_bytes() == content
+    assert [r.path_id for r in result.recoveries] == [2]
+    assert result.taken_over == [1, 3, 5, 7, 9]  # the relay's chunks of window 0
 
 
 # --- as users run it ------------------------------------------------------------------------
@@ -284,3 +452,110 @@ def test_command_lines(tmp_path: Path) -> None:
     assert "exact copy" in result.stdout
     assert "100.0%" in result.stderr  # the progress bar
     assert (tmp_path / "copy.bin").read_bytes() == content
+
+
+def _server_tls_args(tmp_path: Path) -> list[str]:
+    (tmp_path / "cert.pem").write_bytes(CERT)
+    (tmp_path / "key.pem").write_bytes(KEY)
+    return ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")]
+
+
+async def test_relay_killed_mid_download(tmp_path: Path) -> None:
+    """kill -9 of the relay's process at a quarter of the download: kwik fails its path
+    (within its liveness bound), the primary takes over, the copy is exact."""
+    files = tmp_path / "files"
+    files.mkdir()
+    content = os.urandom(12 * MIB)
+    (files / "f.bin").write_bytes(content)
+    common = ["--addr", "127.0.0.1:0", "--files", str(files), *_server_tls_args(tmp_path)]
+    relay, relay_addr = _start(["examples.file_transfer.relay", *common])
+    killed_at: list[float] = []
+
+    def kill_relay(received: int) -> None:
+        if not killed_at and received >= len(content) // 4:
+            os.kill(relay.pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    config = kwik.Config(handshake_timeout=5.0)
+    try:
+        async with asyncio.timeout(90), servers(files, config, relay_addr=relay_addr) as addr:
+            result = await fetch(
+                addr, "f.bin", tmp_path / "copy.bin", config, timeout=60, on_progress=kill_relay
+            )
+    finally:
+        _stop(relay)
+    assert killed_at, "the download ended before the relay was killed"
+    assert relay.returncode == -signal.SIGKILL
+    assert result.exact
+    assert (tmp_path / "copy.bin").read_bytes() == content
+    assert [r.address for r in result.recoveries] == [relay_addr]
+    recovery = result.recoveries[0]
+    assert recovery.state == "failed"
+    assert recovery.taken_over is not None  # the primary answered
+    assert all(index % 2 == 1 for index in recovery.taken_over)  # only the relay's chunks
+    assert recovery.duration is not None
+    report = "\n".join(format_report(result))
+    assert f"relay path 2 ({relay_addr}) failed" in report, report
+    by_id = {p.path_id: p for p in result.paths}
+    assert by_id[2].bytes_received > 0.05 * len(content)  # it did carry part of the file
+    assert by_id[1].bytes_received > 0.7 * len(content)  # the primary sent the rest
+
+
+async def test_primary_killed_client_fails_promptly(tmp_path: Path) -> None:
+    """kill -9 of the primary's process mid-download: the client command exits 1 with a
+    clear message within kwik's liveness bound (15 s with default settings), though its
+    path to the relay is still alive."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "f.bin").write_bytes(os.urandom(24 * MIB))
+    common = ["--addr", "127.0.0.1:0", "--files", str(files), *_server_tls_args(tmp_path)]
+    relay, relay_addr = _start(["examples.file_transfer.relay", *common])
+    try:
+        primary, addr = _start(["examples.file_transfer.server", *common, "--relay", relay_addr])
+        try:
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "examples.file_transfer.client",
+                "--addr",
+                addr,
+                "--ca",
+                str(tmp_path / "cert.pem"),
+                "--out",
+                str(tmp_path / "copy.bin"),
+                "--progress",
+                "f.bin",
+                cwd=ROOT,
+                env=ENV,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert client.stderr is not None and client.stdout is not None
+            stderr = b""
+            try:
+                async with asyncio.timeout(60):
+                    # the progress bar: kill the primary once a tenth has arrived
+                    while not re.search(rb"(?:[1-9]\d|100)\.\d%", stderr):
+                        chunk = await client.stderr.read(4096)
+                        assert chunk, f"the client ended first: {stderr.decode()}"
+                        stderr += chunk
+                    primary.send_signal(signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    rest, _ = await asyncio.gather(client.stderr.read(), client.wait())
+                    exited_after = time.monotonic() - killed_at
+                    stdout = await client.stdout.read()
+            finally:
+                if client.returncode is None:
+                    client.kill()
+                    await client.wait()
+        finally:
+            _stop(primary)
+    finally:
+        _stop(relay)
+    message = (stderr + rest).decode()
+    assert client.returncode == 1, message + stdout.decode()
+    assert re.search(
+        r"error: lost the primary server 127\.0\.0\.1:\d+ after \d+ of 25165824 bytes", message
+    ), message
+    assert exited_after < 25, f"the client noticed after {exited_after:.1f} s"
+    assert b"exact copy" not in stdout

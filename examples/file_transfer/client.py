@@ -1,23 +1,33 @@
-"""The file_transfer client: download one file from a primary server and its relay.
+"""The file_transfer client: download one file from a primary server and its relays.
 
-The client dials the primary only. The primary recruits the relay (``add_relay``), so the
-client's session gains a second path, to the relay; both servers write chunk records into the
-one logical stream the client opened, and the client reads it as an ordinary stream: metadata,
-then records in order, acknowledging each window. At the end it checks the size and SHA-256
-against the metadata and prints what each path carried.
+The client dials the primary only. The primary recruits the relays (``add_relay``), so the
+client's session gains a path to each; every server writes chunk records into the one logical
+stream the client opened, and the client reads it as an ordinary stream: metadata, then records
+in order, acknowledging each window. At the end it checks the size and SHA-256 against the
+metadata and prints what each path carried.
+
+If a relay path ends mid-download (kwik calls the ``session.add_path_closed_callback``
+callback), the client lists the chunks it lacks from ``stream.received_ranges()`` and asks the
+primary for them on a new stream (RECOVER, see :mod:`~examples.file_transfer.protocol`); the
+primary sends its lost relay's chunks itself. The report names the chunks the primary took over
+and how long that took. If the primary dies, the download fails with "lost the primary server"
+once kwik declares its path failed (about 3 s after the last datagram on a busy path, at most
+15 s on an idle one, with default settings).
 
     python -m examples.file_transfer.client FILE                # from 127.0.0.1:4433
     python -m examples.file_transfer.client -k FILE --out copy.bin --progress
     python -m examples.file_transfer.client --ca cert.pem --addr host:4433 FILE
     python -m examples.file_transfer.client -k FILE --plot paths.png    # throughput per path
 
-The exit status is 0 only when the copy is exact. The client verifies the relay's certificate
-with the same trust settings as the primary's (``--ca`` may hold both certificates).
+The exit status is 0 only when the copy is exact. The client verifies the relays' certificates
+with the same trust settings as the primary's (``--ca`` may hold every certificate); ``-k``
+verifies none.
 
 Library::
 
     result = await download("127.0.0.1:4433", "big.bin", kwik.TLSConfig(cadata=cert_pem))
     assert result.exact
+    print(result.taken_over)        # chunks the primary sent for a relay that went away
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ import asyncio
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,12 +54,17 @@ from .protocol import (
     Layout,
     Metadata,
     ProtocolError,
+    Recover,
+    TakenOver,
+    chunk_runs,
     encode_message,
+    missing_chunks,
     read_message,
 )
 
 __all__ = [
     "ProgressBar",
+    "Recovery",
     "TransferError",
     "TransferResult",
     "download",
@@ -60,6 +75,179 @@ __all__ = [
 
 class TransferError(Exception):
     """The download failed before the end of the stream (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A relay path that ended during the download, and what the primary did about it."""
+
+    path_id: int
+    address: str
+    state: str
+    """The path's final state: ``"failed"`` (its peer went silent or broke it) or ``"closed"``."""
+    reason: str
+    failed_at: float
+    """Seconds into the download when kwik reported the path's end."""
+    missing: tuple[int, ...]
+    """Chunks not (completely) received at that moment, from the read position on: the
+    relay's undelivered ones among them, and others still on their way."""
+    taken_over: tuple[int, ...] | None
+    """The chunks the primary took over (None: it never answered)."""
+    duration: float | None
+    """Seconds from the path's end until the primary had answered and the last chunk it took
+    over was read (None: not completed)."""
+
+    def describe(self) -> str:
+        """One line for the report."""
+        head = (
+            f"relay path {self.path_id} ({self.address}) {self.state} "
+            f"{self.failed_at:.2f} s in ({self.reason or 'no reason given'}): "
+        )
+        if self.taken_over is None:
+            return head + "the primary did not answer the recovery request"
+        chunks = _chunk_list(self.taken_over)
+        done = f" in {self.duration:.2f} s" if self.duration is not None else ""
+        if not self.taken_over:
+            return head + f"nothing to take over (it had delivered its chunks){done}"
+        count = len(self.taken_over)
+        return head + f"the primary took over {count} chunk{'s' * (count != 1)} [{chunks}]{done}"
+
+
+def _chunk_list(chunks: tuple[int, ...]) -> str:
+    return ", ".join(
+        str(first) if end == first + 1 else f"{first}-{end - 1}"
+        for first, end in chunk_runs(list(chunks))
+    )
+
+
+@dataclass
+class _Lost:
+    """A recovery in progress."""
+
+    info: kwik.PathInfo
+    failed_at: float
+    missing: tuple[int, ...]
+    taken_over: tuple[int, ...] | None = None
+    done_at: float | None = None
+
+
+@dataclass
+class _Recoveries:
+    """The client's side of recovery: when a relay path ends mid-download, ask the primary
+    (on a new stream) for the chunks that are missing, and note what it took over.
+
+    Installed with ``session.add_path_closed_callback`` before the download starts.
+    """
+
+    session: kwik.Session
+    started: float
+    stream: kwik.Stream | None = None
+    layout: Layout | None = None
+    next_index: int = 0
+    """The first chunk not read yet."""
+    done: bool = False
+    lost: list[_Lost] = field(default_factory=list)
+    early: list[tuple[kwik.PathInfo, float]] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def on_path_closed(self, info: kwik.PathInfo) -> None:
+        """Path-closed callback (synchronous, on the event loop)."""
+        if info.is_primary or self.done or self.session.is_closed:
+            return  # the primary's end is the session's: the read raises
+        now = time.monotonic()
+        LOGGER.warning(
+            "client: relay path %d (%s) %s: %s",
+            info.path_id,
+            info.address,
+            info.state,
+            info.close_reason,
+        )
+        if self.stream is None:
+            self.early.append((info, now))  # before the metadata: handled by start()
+        else:
+            self._request(info, now)
+
+    def start(self, stream: kwik.Stream, layout: Layout) -> None:
+        """The download's stream and layout are known: handle paths lost before."""
+        self.stream, self.layout = stream, layout
+        for info, when in self.early:
+            self._request(info, when)
+        self.early.clear()
+
+    def _request(self, info: kwik.PathInfo, when: float) -> None:
+        assert self.stream is not None and self.layout is not None
+        # the path is gone: what it has not delivered by now never will be
+        missing = missing_chunks(self.layout, self.stream.received_ranges(), self.next_index)
+        lost = _Lost(info, when - self.started, tuple(missing))
+        self.lost.append(lost)
+        task = asyncio.get_running_loop().create_task(self._ask_primary(lost, self.stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _ask_primary(self, lost: _Lost, stream: kwik.Stream) -> None:
+        request = Recover(stream.stream_id, lost.info.path_id, chunk_runs(list(lost.missing)))
+        try:
+            control = await self.session.open_stream_sync()
+            await control.write(request.encode())
+            await control.close()
+            payload = await read_message(control)
+            if payload is None:
+                raise ProtocolError("the primary ended the recovery stream without answering")
+            lost.taken_over = TakenOver.decode(payload).chunks
+            await control.read(1)  # the primary's FIN
+        except (kwik.KwikError, ProtocolError) as exc:
+            LOGGER.warning("client: recovery of path %d failed: %s", lost.info.path_id, exc)
+            return
+        LOGGER.warning(
+            "client: the primary took over chunks %s of relay path %d",
+            list(lost.taken_over),
+            lost.info.path_id,
+        )
+        self._check(lost, time.monotonic())
+
+    def read_up_to(self, next_index: int) -> None:
+        """The reader has read every chunk below ``next_index``."""
+        self.next_index = next_index
+        now = time.monotonic()
+        for lost in self.lost:
+            self._check(lost, now)
+
+    def _check(self, lost: _Lost, now: float) -> None:
+        if lost.done_at is None and lost.taken_over is not None:
+            if not lost.taken_over or max(lost.taken_over) < self.next_index:
+                lost.done_at = now
+
+    async def finish(self, timeout: float) -> tuple[Recovery, ...]:
+        """The download is complete: wait (at most ``timeout`` s) for the primary's answers."""
+        self.done = True
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
+        for task in list(self.tasks):
+            task.cancel()
+        return tuple(
+            Recovery(
+                path_id=lost.info.path_id,
+                address=lost.info.address,
+                state=lost.info.state,
+                reason=lost.info.close_reason,
+                failed_at=lost.failed_at,
+                missing=lost.missing,
+                taken_over=lost.taken_over,
+                duration=(
+                    lost.done_at - lost.failed_at - self.started
+                    if lost.done_at is not None
+                    else None
+                ),
+            )
+            for lost in self.lost
+        )
+
+    async def abandon(self) -> None:
+        """The download failed: stop asking."""
+        self.done = True
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -80,6 +268,13 @@ class TransferResult:
     path_series: dict[str, Any] | None = None
     """Per-path bytes received over time (``benchmarks.paths.PathSampler``), when the
     download was asked to sample them."""
+    recoveries: tuple[Recovery, ...] = ()
+    """Relay paths that ended during the download and the chunks the primary took over."""
+
+    @property
+    def taken_over(self) -> list[int]:
+        """Every chunk the primary took over from a relay that went away."""
+        return sorted(i for r in self.recoveries for i in (r.taken_over or ()))
 
     @property
     def exact(self) -> bool:
@@ -151,22 +346,31 @@ async def download(
     progress: TextIO | None = None,
     timeout: float = 30.0,
     sample_paths: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> TransferResult:
     """Download ``file_name`` from the primary server at ``addr`` into ``out``.
 
     ``out`` defaults to ``downloaded_<file_name>`` in the current directory. ``progress``, when
-    given, receives a text progress bar. ``timeout`` bounds every wait for the servers (seconds
-    without a new record). ``sample_paths``, when given, samples every path's bytes received
-    at that interval (seconds) into ``TransferResult.path_series``. The result tells whether
-    the copy is exact; a copy with the wrong size or digest is a result, not an error.
+    given, receives a text progress bar; ``on_progress``, when given, is called with the file
+    bytes received so far after each chunk. ``timeout`` bounds every wait for the servers
+    (seconds without a new record). ``sample_paths``, when given, samples every path's bytes
+    received at that interval (seconds) into ``TransferResult.path_series``. The result tells
+    whether the copy is exact; a copy with the wrong size or digest is a result, not an error.
+
+    A relay path that ends mid-download (its server died, or the path failed) costs nothing:
+    the client asks the primary for the chunks that never arrived, the primary sends them
+    itself, and ``TransferResult.recoveries`` says which and how long it took.
 
     Raises:
-        TransferError: the server refused, broke the protocol, or went silent.
-        kwik.KwikError: the session could not be established or was closed.
+        TransferError: the server refused, broke the protocol, or went silent; or the primary
+            server is gone (its path failed: the session closed, within kwik's liveness bound).
+        kwik.KwikError: the session could not be established.
     """
     started = time.monotonic()
     out_path = Path(out) if out is not None else Path(f"downloaded_{Path(file_name).name}")
     session = await kwik.dial_addr(addr, tls, config)
+    recoveries = _Recoveries(session, started)
+    session.add_path_closed_callback(recoveries.on_path_closed)
     sampler = None
     if sample_paths is not None:
         from benchmarks.paths import PathSampler  # the repository's sampler, shared with benchmarks
@@ -175,6 +379,14 @@ async def download(
         sampler.start()
     series: dict[str, Any] | None = None
     failure: str | None = None
+    received = [0]  # file bytes so far, for the error message
+
+    def count(n: int) -> None:
+        received[0] = n
+        if on_progress is not None:
+            on_progress(n)
+
+    meta: Metadata | None = None
     try:
         async with asyncio.timeout(timeout):
             stream = await session.open_stream_sync()
@@ -191,10 +403,12 @@ async def download(
             layout.total_windows,
             meta.sha256,
         )
+        recoveries.start(stream, layout)
         bar = ProgressBar(meta.file_size, progress) if progress is not None else None
-        size, digest = await _receive(stream, layout, out_path, bar, timeout)
+        size, digest = await _receive(stream, layout, out_path, bar, timeout, recoveries, count)
         if bar is not None:
             bar.finish()
+        done = await recoveries.finish(timeout)
         await stream.close()
         paths = tuple(session.paths)
         if sampler is not None:
@@ -208,7 +422,17 @@ async def download(
     except TimeoutError:
         failure = f"no progress for {timeout} s"
         raise TransferError(failure) from None
+    except kwik.SessionClosedError as exc:
+        # the primary path carries the session: its end is the download's
+        failure = (
+            f"lost the primary server {addr} after "
+            f"{received[0]} of {meta.file_size if meta else '?'} bytes: {exc}"
+        )
+        raise TransferError(failure) from None
     finally:
+        session.remove_path_closed_callback(recoveries.on_path_closed)
+        if failure is not None:
+            await recoveries.abandon()
         if sampler is not None and series is None:
             await sampler.stop()  # the download failed: stop sampling
         if failure is not None:
@@ -227,11 +451,18 @@ async def download(
         elapsed=time.monotonic() - started,
         paths=paths,
         path_series=series,
+        recoveries=done,
     )
 
 
 async def _receive(
-    stream: kwik.Stream, layout: Layout, out_path: Path, bar: ProgressBar | None, idle: float
+    stream: kwik.Stream,
+    layout: Layout,
+    out_path: Path,
+    bar: ProgressBar | None,
+    idle: float,
+    recoveries: _Recoveries,
+    count: Callable[[int], None],
 ) -> tuple[int, str]:
     """Read every record into ``out_path``, acknowledging each window; check the EOF.
 
@@ -255,6 +486,8 @@ async def _receive(
                 file.write(data)
                 digest.update(data)
                 size += length
+                recoveries.read_up_to(index + 1)
+                count(size)
                 if bar is not None:
                     bar.update(length)
                 window = layout.window_of(index)
@@ -283,6 +516,8 @@ def format_report(result: TransferResult) -> list[str]:
             f"received {path.bytes_received:>10} bytes "
             f"({result.path_share(path.path_id) * 100:4.1f}%) in {path.packets_received} packets"
         )
+    for recovery in result.recoveries:
+        lines.append("  " + recovery.describe())
     if result.exact:
         lines.append(f"exact copy: {result.received_size} bytes, sha256 {result.sha256}")
     else:
@@ -305,7 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write the copy (default: downloaded_<FILE>)")
     parser.add_argument("--ca", help="CA certificate(s) (PEM) to verify the servers")
     parser.add_argument(
-        "-k", "--insecure", action="store_true", help="do not verify the servers' certificates"
+        "-k",
+        "--insecure",
+        action="store_true",
+        help="do not verify the servers' certificates (the primary's nor the relays')",
     )
     parser.add_argument(
         "--progress", action="store_true", help="progress bar on stderr even if not a tty"
@@ -321,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     show_progress = args.progress or sys.stderr.isatty()
+    # -k trusts every server: the relays too (kwik verifies them unless told otherwise)
+    config = kwik.Config(relay_insecure_skip_verify=True) if args.insecure else None
     try:
         result = asyncio.run(
             download(
@@ -328,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.file,
                 client_tls(args.ca, args.insecure),
                 out=args.out,
+                config=config,
                 progress=sys.stderr if show_progress else None,
                 timeout=args.timeout,
                 sample_paths=0.05 if args.plot else None,

@@ -1,8 +1,8 @@
 """The file_transfer wire protocol: messages, records, commands and the stream layout.
 
-Everything the primary server, the relay (secondary server) and the client must agree on lives
-here. One download is ONE logical kwik stream, opened by the client. Offsets below are absolute
-offsets of that logical stream.
+Everything the primary server, the relays (secondary servers) and the client must agree on
+lives here. One download is ONE logical kwik stream, opened by the client. Offsets below are
+absolute offsets of that logical stream.
 
 Client -> primary (the client's write direction, carried on the primary path)::
 
@@ -11,11 +11,11 @@ Client -> primary (the client's write direction, carried on the primary path)::
                                     (the last window too, unlike upstream: the primary ends
                                     the stream only once the client has everything)
 
-Primary + relay -> client (the read direction; the client reads ONE merged stream)::
+Primary + relays -> client (the read direction; the client reads ONE merged stream)::
 
     0                   message(metadata JSON)                      written by the primary
-    data_start          record 0 | record 1 | ... | record n-1      even records: primary,
-                                                                    odd records: relay
+    data_start          record 0 | record 1 | ... | record n-1      each written by the primary
+                                                                    or by one relay
     total_length        FIN                                         primary only
 
     message = u32 length (big-endian) + payload
@@ -26,9 +26,11 @@ Primary + relay -> client (the read direction; the client reads ONE merged strea
     total_length     = data_start + n_chunks * RECORD_HEADER.size + file_size
 
 Every chunk is ``chunk_size`` bytes except the last one, so the offset of every record is known
-before any byte is sent: the primary computes the relay's offsets and tells it, and each server
-writes its records with ``stream.set_write_offset(record_offset(i))``. The client needs no
-offset at all: it reads records in order and kwik merges the two paths by offset.
+before any byte is sent: the primary computes the relays' offsets and tells them, and each
+server writes its records with ``stream.set_write_offset(record_offset(i))``. The client needs
+no offset at all: it reads records in order and kwik merges the paths by offset. Within a
+window the primary deals the chunks round-robin over the writers still alive (itself first):
+with one relay, even chunks are the primary's and odd ones the relay's, as upstream.
 
 Primary -> relay (``relay.send_raw_data(message(command JSON), stream.stream_id)``; the client
 forwards the bytes to the relay on the same logical stream id)::
@@ -38,8 +40,30 @@ forwards the bytes to the relay on the same logical stream id)::
     {"type": "FINISH", "final_offset": total_length}
 
 FINISH ends the relay's part (``final_offset`` is informational). Only the primary sends the
-FIN: the relay's writes all lie below it, and a FIN from the relay could reach the client after
+FIN: the relays' writes all lie below it, and a FIN from a relay could reach the client after
 the client is done with the stream (kwik would then take it for a new incoming stream).
+
+Recovery (client -> primary, on a NEW stream the client opens; not in upstream)::
+
+    client:   message(CONTROL_MARK + {"type": "RECOVER", "stream_id", "path_id",
+                                      "missing": [[first, end], ...]})
+    primary:  message({"type": "TAKEN_OVER", "chunks": [index, ...]})      then FIN
+
+KWIK v2 has no frame that tells the primary a relay's path failed, so the client tells it. When
+one of its relay paths ends mid-download (``Session.add_path_closed_callback``), whatever that
+relay had not delivered never will be: the client lists every chunk from its read position on
+that is not complete in ``Stream.received_ranges()`` (runs of chunk indices, end exclusive),
+with the relay path's id (kwik's ``Relay.path_id`` on the primary is the same number). The
+primary stops giving that relay work, writes the listed chunks it had given to that relay into
+the download stream itself, at their offsets, and answers which ones it took over. Listing
+chunks the primary wrote itself, or has not dealt yet, is harmless: it only takes over its
+dead relays' chunks, and deals later windows among the writers still alive. Re-sent bytes that
+did arrive after all are identical and kwik trims the overlap. The read window of a download
+(10 chunks) fits ``Config.stream_receive_buffer`` (1 MiB), so the missing chunks are always
+inside the client's receive window while it waits at the first gap.
+
+The first message on a stream is a file name unless it starts with :data:`CONTROL_MARK` (a NUL
+byte, which no file name contains).
 
 Metadata JSON: ``{file_name, file_size, chunk_size, window_size_chunks, total_windows,
 sha256}``, or ``{"error": "..."}`` when the primary cannot serve the file (then the stream ends).
@@ -66,6 +90,7 @@ __all__ = [
     "ACK",
     "APP_ERROR",
     "CHUNK_SIZE",
+    "CONTROL_MARK",
     "DEFAULT_PRIMARY_ADDR",
     "DEFAULT_RELAY_ADDR",
     "LOGGER",
@@ -78,12 +103,16 @@ __all__ = [
     "Layout",
     "Metadata",
     "ProtocolError",
+    "Recover",
     "SendWindow",
+    "TakenOver",
+    "chunk_runs",
     "decode_command",
     "encode_error",
     "encode_message",
     "encode_record",
     "file_sha256",
+    "missing_chunks",
     "read_chunk",
     "read_message",
     "resolve_file",
@@ -108,6 +137,8 @@ RECORD_HEADER = struct.Struct(">QI")
 MAX_MESSAGE_SIZE = 1024 * 1024
 #: The acknowledgement the client sends after each window.
 ACK = b"ACK"
+#: First byte of a control message (recovery) where a file name would otherwise be.
+CONTROL_MARK = b"\x00"
 #: Application error code a side closes the session with when the transfer cannot go on
 #: (0 and 1 are kwik's own: normal close and failure).
 APP_ERROR = 2
@@ -337,6 +368,114 @@ class Finish:
 
 
 Command = SendWindow | Finish
+
+
+# --- recovery (client -> primary, primary -> client) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Recover:
+    """The client lost relay path ``path_id``: chunks ``missing`` of download stream
+    ``stream_id`` are not (completely) here; the primary should send the ones it gave that
+    relay."""
+
+    stream_id: int
+    path_id: int
+    missing: tuple[tuple[int, int], ...]
+    """Runs of chunk indices ``[first, end)``."""
+
+    def encode(self) -> bytes:
+        """The whole message, length prefix and :data:`CONTROL_MARK` included."""
+        body = {
+            "type": "RECOVER",
+            "stream_id": self.stream_id,
+            "path_id": self.path_id,
+            "missing": [list(run) for run in self.missing],
+        }
+        return encode_message(CONTROL_MARK + json.dumps(body, separators=(",", ":")).encode())
+
+    def chunks(self) -> list[int]:
+        """Every chunk index the runs cover, in order."""
+        return [index for first, end in self.missing for index in range(first, end)]
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Recover:
+        """Parse a control message payload (starting with :data:`CONTROL_MARK`).
+
+        Raises:
+            ProtocolError: not a valid RECOVER message.
+        """
+        if not payload.startswith(CONTROL_MARK):
+            raise ProtocolError("not a control message")
+        body = _load_json(payload[len(CONTROL_MARK) :], "control message")
+        if body.get("type") != "RECOVER":
+            raise ProtocolError(f"unknown control message type {body.get('type')!r}")
+        try:
+            runs = tuple(
+                (_non_negative(first), _non_negative(end)) for first, end in body["missing"]
+            )
+            if any(end < first for first, end in runs):
+                raise ValueError("a run ends before it starts")
+            return cls(
+                stream_id=_non_negative(body["stream_id"]),
+                path_id=_non_negative(body["path_id"]),
+                missing=runs,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad RECOVER message {body!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """The primary's answer to :class:`Recover`: the chunks it now sends itself."""
+
+    chunks: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _encode_command({"type": "TAKEN_OVER", "chunks": list(self.chunks)})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TakenOver:
+        """Parse the answer.
+
+        Raises:
+            ProtocolError: not a valid TAKEN_OVER message.
+        """
+        body = _load_json(payload, "answer")
+        try:
+            if body.get("type") != "TAKEN_OVER":
+                raise ValueError("not TAKEN_OVER")
+            return cls(tuple(_non_negative(index) for index in body["chunks"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad answer {body!r}: {exc}") from None
+
+
+def missing_chunks(layout: Layout, received: list[tuple[int, int]], first: int) -> list[int]:
+    """Chunks from ``first`` on whose record is not entirely inside the ``received`` byte
+    ranges (``Stream.received_ranges()``: sorted, disjoint ``[start, end)``)."""
+    missing: list[int] = []
+    step = RECORD_HEADER.size + layout.chunk_size
+    ranges = iter(received)
+    current = next(ranges, None)
+    for index in range(first, layout.total_chunks):
+        start = layout.data_start + index * step
+        end = start + RECORD_HEADER.size + layout.chunk_length(index)
+        while current is not None and current[1] <= start:
+            current = next(ranges, None)
+        if current is None or not (current[0] <= start and end <= current[1]):
+            missing.append(index)
+    return missing
+
+
+def chunk_runs(indices: list[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted chunk indices as runs ``[first, end)``: [1, 2, 3, 7] -> ((1, 4), (7, 8))."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(set(indices)):
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return tuple(runs)
 
 
 def _encode_command(body: dict[str, Any]) -> bytes:

@@ -3,9 +3,13 @@
 It never talks to the primary directly. The client, asked by the primary (AddPath), dials the
 relay as a second path of its session; the relay sees an ordinary kwik session. The primary's
 commands (:class:`~.protocol.SendWindow`, :class:`~.protocol.Finish`) reach the relay on the
-download's logical stream, forwarded by the client; the relay answers by writing the ODD chunk
-records of each window straight into that same logical stream, each at the absolute offset the
-command gives. The client merges them with the primary's even records.
+download's logical stream, forwarded by the client; the relay answers by writing the chunk
+records it was given (with one relay, the odd ones of each window) straight into that same
+logical stream, each at the absolute offset the command gives. The client merges them with the
+other servers' records.
+
+A relay keeps no state the download depends on: if it dies, the client tells the primary which
+chunks never arrived and the primary sends them itself.
 
     python -m examples.file_transfer.relay --files DIR                # 127.0.0.1:4434
     python -m examples.file_transfer.relay --files DIR --cert c.pem --key k.pem --addr 0.0.0.0:4434
@@ -75,9 +79,10 @@ async def serve_relay_stream(stream: kwik.Stream, files_dir: Path) -> None:
     """Execute the commands arriving on ``stream`` until FINISH (or the stream ends).
 
     A command the relay cannot execute closes the session with :data:`~.protocol.APP_ERROR`:
-    the client then lacks the relay's records and the primary gives up on the window.
+    the client's path to it ends, and the primary takes the relay's missing records over.
     """
     session = stream.session
+    assert isinstance(session, kwik.Session)
     written = 0
     try:
         while True:
