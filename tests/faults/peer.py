@@ -172,7 +172,6 @@ class FaultServer:
         self.errors: list[str] = []
         self._relays: dict[tuple[int, str], kwik.Relay] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._session_arrived = asyncio.Event()
 
     @property
     def addr(self) -> str:
@@ -186,20 +185,13 @@ class FaultServer:
     def start(self) -> None:
         self._spawn(self._accept_loop())
 
-    async def next_session(self) -> kwik.Session:
-        """Wait for the next session this server accepts."""
-        self._session_arrived.clear()
-        await self._session_arrived.wait()
-        return self._last
-
     async def _accept_loop(self) -> None:
         try:
             async for session in self.listener:
                 self.sessions.add(session)
                 self.accepted += 1
-                self._last = session
-                self._session_arrived.set()
                 self._spawn(self._serve_session(session))
+                del session  # this frame must not keep the last session alive
         except kwik.ListenerClosedError:
             pass
 
