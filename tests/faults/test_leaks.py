@@ -20,27 +20,17 @@ gone once the listener is closed, and nothing was logged at ERROR or above.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
-from aioquic.asyncio import connect, serve
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 import kwik
-from kwik.protocol import PingFrame, encode_record
 
 from .lab import Certificates
-from .peer import pattern, process_stats, request, start_fault_server
+from .peer import process_stats, start_fault_server
+from .workload import Cycles, live_sessions, mute_socket, start_garbage_peer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
@@ -52,141 +42,39 @@ CONCURRENT_BLOCKS = 5
 #: RSS growth tolerated over the 300 cycles (allocator noise; a per-cycle leak of ~30 KB or
 #: more breaks it)
 RSS_TOLERANCE_KIB = 10 * 1024
-#: a record whose packet header type (7) is invalid: a protocol violation for any KWIK peer
-MALFORMED = encode_record(2, [PingFrame()], header_type=7)
-FIRST = encode_record(1, [PingFrame()])
-
-
-class _Watcher(QuicConnectionProtocol):
-    """A raw aioquic client remembering how the connection ended."""
-
-    terminated: ConnectionTerminated | None = None
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, ConnectionTerminated):
-            self.terminated = event
-        super().quic_event_received(event)
-
-
-class _GarbagePeer(QuicConnectionProtocol):
-    """A raw aioquic server answering the first bytes of any stream with a malformed record."""
-
-    answered = False
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived) and not self.answered:
-            self.answered = True
-            self._quic.send_stream_data(event.stream_id, MALFORMED)
-            self.transmit()
-
-
-def _host_port(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host, int(port)
-
-
-def _live_sessions() -> int:
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, kwik.Session))
 
 
 def _snapshot() -> dict[str, int]:
     stats = process_stats()
-    stats["sessions"] = _live_sessions()
+    stats["sessions"] = live_sessions()
     return stats
 
 
-class Cycles:
-    """The four kinds of cycle against one listener, one garbage peer and one mute socket."""
-
-    def __init__(self, certs: Certificates, listener_addr: str, garbage: str, mute: str):
-        self.tls = certs.client_tls()
-        self.listener_addr = listener_addr
-        self.garbage = garbage
-        self.mute = mute
-        self.counts = {"clean": 0, "violation-at-listener": 0, "violation-at-client": 0}
-        self.counts["handshake-timeout"] = 0
-        self.payload = pattern(5, 0, 4096)
-
-    async def clean(self) -> None:
-        session = await kwik.dial_addr(self.listener_addr, self.tls)
-        try:
-            stream = await request(session, "ECHO")
-            await stream.write(self.payload)
-            await stream.close()
-            echoed = bytearray()
-            while data := await stream.read():
-                echoed += data
-            assert echoed == self.payload
-        finally:
-            await session.close()
-        self.counts["clean"] += 1
-
-    async def violation_at_listener(self) -> None:
-        host, port = _host_port(self.listener_addr)
-        configuration = QuicConfiguration(
-            is_client=True, alpn_protocols=["kwik"], verify_mode=ssl.CERT_NONE
-        )
-        async with connect(host, port, configuration=configuration, create_protocol=_Watcher) as c:
-            assert isinstance(c, _Watcher)
-            stream_id = c._quic.get_next_available_stream_id()
-            c._quic.send_stream_data(stream_id, FIRST + MALFORMED)
-            c.transmit()
-            async with asyncio.timeout(10):
-                await c.wait_closed()
-            assert c.terminated is not None and c.terminated.error_code != 0, c.terminated
-        self.counts["violation-at-listener"] += 1
-
-    async def violation_at_client(self) -> None:
-        session = await kwik.dial_addr(self.garbage, self.tls)
-        try:
-            async with asyncio.timeout(10):
-                await session.wait_closed()
-            with pytest.raises(kwik.SessionClosedError) as info:
-                await session.open_stream()
-            assert info.value.code != 0
-            del info
-        finally:
-            await session.close()
-        self.counts["violation-at-client"] += 1
-
-    async def handshake_timeout(self) -> None:
-        started = time.monotonic()
-        with pytest.raises(kwik.HandshakeTimeoutError):
-            await kwik.dial_addr(self.mute, self.tls, kwik.Config(handshake_timeout=0.2))
-        assert time.monotonic() - started < 5
-        self.counts["handshake-timeout"] += 1
-
-    async def block(self) -> None:
-        """One block: 12 clean cycles with the three failing kinds spread among them."""
-        kinds: list[Callable[[], Awaitable[None]]] = [self.clean] * CLEAN_PER_BLOCK
-        kinds[3:3] = [self.violation_at_listener]
-        kinds[8:8] = [self.violation_at_client]
-        kinds[12:12] = [self.handshake_timeout]
-        for kind in kinds:
-            async with asyncio.timeout(15):
-                await kind()
+async def _block(cycles: Cycles) -> None:
+    """One block: 12 clean cycles with the three failing kinds spread among them."""
+    kinds: list[Callable[[], Awaitable[object]]] = [cycles.clean] * CLEAN_PER_BLOCK
+    kinds[3:3] = [cycles.violation_at_listener]
+    kinds[8:8] = [cycles.violation_at_client]
+    kinds[12:12] = [cycles.handshake_timeout]
+    for kind in kinds:
+        async with asyncio.timeout(15):
+            await kind()
 
 
 @pytest.fixture
 async def garbage_peer(certs: Certificates) -> AsyncIterator[str]:
-    configuration = QuicConfiguration(is_client=False, alpn_protocols=["kwik"])
-    configuration.certificate = x509.load_pem_x509_certificate(certs.cert_pem)
-    configuration.private_key = serialization.load_pem_private_key(certs.key_pem, None)  # type: ignore[assignment]
-    server = await serve("127.0.0.1", 0, configuration=configuration, create_protocol=_GarbagePeer)
-    sockname: Any = server._transport.get_extra_info("sockname")  # type: ignore[union-attr]
+    server, addr = await start_garbage_peer(certs.cert_pem, certs.key_pem)
     try:
-        yield f"127.0.0.1:{sockname[1]}"
+        yield addr
     finally:
         server.close()
 
 
 @pytest.fixture
-def mute_port() -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+def mute_port() -> Iterator[str]:
+    sock, addr = mute_socket()
     try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
+        yield addr
     finally:
         sock.close()
 
@@ -211,14 +99,14 @@ async def test_dial_close_cycles_leak_nothing(
     caplog.set_level(logging.WARNING)
     server = await start_fault_server("127.0.0.1:0", certs.server_tls())
     try:
-        cycles = Cycles(certs, server.addr, garbage_peer, mute_port)
+        cycles = Cycles(certs.client_tls(), server.addr, garbage_peer, mute_port)
         # warm-up at the same concurrency: caches, pools, lazily imported modules, the heap's
         # high-water mark
-        await asyncio.gather(*(cycles.block() for _ in range(CONCURRENT_BLOCKS)))
+        await asyncio.gather(*(_block(cycles) for _ in range(CONCURRENT_BLOCKS)))
         baseline = await _settle(_snapshot())
         started = time.monotonic()
         for _ in range(BLOCKS // CONCURRENT_BLOCKS):  # a graceful close takes ~0.1 s: overlap
-            await asyncio.gather(*(cycles.block() for _ in range(CONCURRENT_BLOCKS)))
+            await asyncio.gather(*(_block(cycles) for _ in range(CONCURRENT_BLOCKS)))
         elapsed = time.monotonic() - started
         after = await _settle(baseline)
     finally:

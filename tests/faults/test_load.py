@@ -30,14 +30,15 @@ SIZE = 100 * 1024
 PEAK_RSS_LIMIT_MIB = 512
 
 
-async def _echo_stream(session: kwik.Session, seed: int) -> int:
-    """Echo SIZE pattern bytes on a new stream; returns the bytes received after checking
-    their SHA-256 against what was sent."""
+async def _echo_stream(session: kwik.Session, index: int) -> int:
+    """Echo SIZE pattern bytes (a different slice of the pattern for each ``index``) on a new
+    stream; returns the bytes received after checking their SHA-256 against what was sent."""
     stream = await request(session, "ECHO")
     sent = hashlib.sha256()
+    start = index * 4099  # distinct content per stream, one pattern block for all
 
     async def send() -> None:
-        for piece in pattern_chunks(seed, 0, SIZE, 16 * 1024):
+        for piece in pattern_chunks(1, start, start + SIZE):
             sent.update(piece)
             await stream.write(piece)
         await stream.close()
@@ -48,7 +49,7 @@ async def _echo_stream(session: kwik.Session, seed: int) -> int:
         length = await read_all(stream, received)
     finally:
         await writer
-    assert length == SIZE and received.hexdigest() == sent.hexdigest(), f"stream seed {seed}"
+    assert length == SIZE and received.hexdigest() == sent.hexdigest(), f"stream {index}"
     return length
 
 
