@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks --quick               # short pass (< 60 s), multipath skipped
     python -m benchmarks bulk rtt --repeat 5   # a subset
     python -m benchmarks --json results.json --loop uvloop
+    python -m benchmarks soak --minutes 10      # long mixed workload, leaks and errors (soak.py)
 
 The table goes to stdout, progress to stderr. Exit status 1 when a scenario produced no figure
 (its error is in the table and the JSON), 2 on bad arguments.
@@ -90,7 +91,12 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark suite; return the exit status."""
+    """Run the benchmark suite (or the soak, ``soak ...``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from . import soak
+
+        return soak.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.list:
         for name, function in SCENARIOS.items():

@@ -121,9 +121,14 @@ class PeerProcess:
         message: dict[str, Any] = json.loads(line)
         return message
 
-    def stderr_tail(self, limit: int = 2000) -> str:
+    def stderr_text(self) -> str:
+        """Everything the process wrote on stderr so far (its log lines)."""
         self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")[-limit:]
+        text: str = self._stderr.read().decode(errors="replace")
+        return text
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        return self.stderr_text()[-limit:]
 
     def kill(self) -> None:
         """SIGKILL, as ``kill -9`` would (the process gets no chance to say goodbye)."""

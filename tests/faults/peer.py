@@ -334,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     download.add_argument("--seed", type=int, default=1)
     download.add_argument("--announce", type=int, default=1024 * 1024)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(_serve_main(args) if args.role == "serve" else _download_main(args))
     return 0
 
