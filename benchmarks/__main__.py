@@ -8,6 +8,7 @@ Usage::
     python -m benchmarks --json results.json --loop uvloop
     python -m benchmarks --quick --plot charts/    # and PNG charts (the 'bench' extra)
     python -m benchmarks --from-json results.json --plot charts/   # charts only, no run
+    python -m benchmarks soak --minutes 10      # long mixed workload, leaks and errors (soak.py)
 
 The table goes to stdout, progress to stderr. Exit status 1 when a scenario produced no figure
 (its error is in the table and the JSON), 2 on bad arguments.
@@ -104,7 +105,12 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark suite; return the exit status."""
+    """Run the benchmark suite (or the soak, ``soak ...``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from . import soak
+
+        return soak.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.list:
         for name, function in SCENARIOS.items():

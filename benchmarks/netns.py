@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 
 __all__ = ["Testbed", "TestbedError", "unavailable_reason"]
@@ -55,13 +56,21 @@ def unavailable_reason() -> str | None:
 
 
 class Testbed:
-    """Context manager building ``paths`` namespaces, each behind a tbf-shaped veth."""
+    """Context manager building ``paths`` namespaces, each behind a tbf-shaped veth.
 
-    def __init__(self, paths: int = 2) -> None:
+    ``qdisc`` is the root qdisc put on every server-side veth (default: :data:`TBF`); None
+    leaves the links unshaped (the fault suite's loss tests). ``name`` replaces ``kwb`` in the
+    names of the links and namespaces, so that different users of the testbed never collide.
+    """
+
+    def __init__(
+        self, paths: int = 2, *, qdisc: Sequence[str] | None = TBF, name: str = "kwb"
+    ) -> None:
         tag = os.getpid() % 100000
-        self.namespaces = [f"kwb{tag}n{i + 1}" for i in range(paths)]
-        self._root_links = [f"kwb{tag}r{i + 1}" for i in range(paths)]
-        self._ns_links = [f"kwb{tag}s{i + 1}" for i in range(paths)]
+        self.qdisc = tuple(qdisc) if qdisc is not None else None
+        self.namespaces = [f"{name}{tag}n{i + 1}" for i in range(paths)]
+        self._root_links = [f"{name}{tag}r{i + 1}" for i in range(paths)]
+        self._ns_links = [f"{name}{tag}s{i + 1}" for i in range(paths)]
         self.subnets = self._pick_subnets(paths, tag)
         self._built = False
 
@@ -95,7 +104,8 @@ class Testbed:
                 _run(*self.prefix(i), "ip", "addr", "add", f"{net}.2/24", "dev", inner)
                 _run(*self.prefix(i), "ip", "link", "set", inner, "up")
                 _run(*self.prefix(i), "ip", "link", "set", "lo", "up")
-                _run(*self.prefix(i), "tc", "qdisc", "add", "dev", inner, "root", *TBF)
+                if self.qdisc is not None:
+                    _run(*self.prefix(i), "tc", "qdisc", "add", "dev", inner, "root", *self.qdisc)
             self._built = True
         except BaseException:
             self.cleanup()
