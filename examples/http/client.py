@@ -119,7 +119,8 @@ class _Exchange:
         reading = self.reading
         writer = self.writer
         while writer is not None and not writer.done():
-            await asyncio.wait({reading, writer}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {reading, writer}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if reading.done():
                 break
         if writer is not None and writer.done() and not writer.cancelled():

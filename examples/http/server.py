@@ -674,7 +674,7 @@ def with_static_files(
         path: str = scope.get("path", "")
         if scope["type"] == "http" and (path == prefix or path.startswith(prefix + "/")):
             scope = dict(scope, root_path=scope.get("root_path", "") + prefix)
-            await static(scope, receive, send)  # type: ignore[arg-type]
+            await static(scope, receive, send)
         else:
             await app(scope, receive, send)
 
@@ -755,7 +755,7 @@ async def _run(args: argparse.Namespace) -> None:
             app = with_static_files(app, static)
         trusted = args.forwarded_allow_ips or ("127.0.0.1,::1" if args.demo else None)
         if trusted:
-            app = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+            app = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type,assignment]
         server = ASGIServer(app, lifespan=args.lifespan, max_body=args.max_body)
         gateway: Gateway | None = None
         stop = asyncio.Event()
