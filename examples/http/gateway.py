@@ -56,11 +56,15 @@ class ProxyApp:
             return
         if scope["type"] != "http":
             raise RuntimeError(f"the gateway serves HTTP only, not {scope['type']}")
+        has_body = self._has_body(scope)
+        body_read = asyncio.Event()  # the client's request body was forwarded whole
+        if not has_body:
+            body_read.set()
         request = httpx.Request(
             scope["method"],
             self._url(scope),
             headers=self._forward_headers(scope),
-            content=self._request_body(receive) if self._has_body(scope) else None,
+            content=self._request_body(receive, body_read) if has_body else None,
             extensions={"timeout": self.timeout.as_dict()},
         )
         try:
@@ -71,6 +75,9 @@ class ProxyApp:
         except (httpx.TransportError, _Disconnected) as exc:
             await self._error(send, 502, f"upstream failed: {exc}")
             return
+        # uvicorn (ASGI 2.3) reports a client that went away only through receive(), once the
+        # request body is read: watch it, so that a download nobody reads is not pulled on
+        gone: asyncio.Task[None] | None = None
         try:
             await send(
                 {
@@ -82,9 +89,16 @@ class ProxyApp:
             # a failure from here on can only be told by closing the connection: uvicorn does
             # that when the application raises after starting its response
             async for chunk in response.stream:  # type: ignore[union-attr]
+                if gone is None and body_read.is_set():
+                    gone = asyncio.ensure_future(self._disconnect(receive))
+                if gone is not None and gone.done():
+                    LOGGER.info("gateway: the client left during the response")
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            if gone is not None:
+                gone.cancel()
             await response.aclose()
 
     @staticmethod
@@ -114,7 +128,7 @@ class ProxyApp:
         return headers
 
     @staticmethod
-    async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    async def _request_body(receive: Receive, done: asyncio.Event) -> AsyncIterator[bytes]:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -123,7 +137,14 @@ class ProxyApp:
             if body:
                 yield body
             if not message.get("more_body", False):
+                done.set()
                 return
+
+    @staticmethod
+    async def _disconnect(receive: Receive) -> None:
+        """Return when the client has gone (what is left of a body unread is skipped)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
     @staticmethod
     async def _error(send: Send, status: int, detail: str) -> None:
