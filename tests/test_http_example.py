@@ -276,6 +276,24 @@ async def test_back_pressure_both_ways() -> None:
         assert size == total
 
 
+async def test_response_head_goes_out_before_the_body() -> None:
+    """A streaming application's status and headers reach the client before its first chunk."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"data: late\n\n"})
+
+    async with serve(app, lifespan="off") as server, client_for(server) as client:
+        async with asyncio.timeout(10), client.stream("GET", "/events") as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            release.set()
+            assert await response.aread() == b"data: late\n\n"
+
+
 async def test_64_concurrent_requests_on_one_session(demo: ASGIServer) -> None:
     async with client_for(demo) as client:
         responses = await asyncio.gather(

@@ -148,7 +148,6 @@ class _Cycle:
         self.failed = False  # the stream or the session failed under us
         self.status = 0
         self.body_sent = 0
-        self.pending: bytes = b""  # the response head, held to go out with the first body
         self.done = asyncio.Event()  # response complete, or the peer gone
 
     # --- receive --------------------------------------------------------------------------------
@@ -209,7 +208,10 @@ class _Cycle:
             response = h11.Response(
                 status_code=self.status, headers=headers, reason=_reason(self.status)
             )
-            self.pending = self.conn.send(response) or b""
+            # written at once: a streaming application may take its time before the first
+            # body chunk, and the client should have the status and headers meanwhile
+            self.head_written = True
+            await self._write(self.conn.send(response) or b"")
         elif kind == "http.response.body":
             if not self.response_started:
                 raise RuntimeError("http.response.body before http.response.start")
@@ -217,14 +219,13 @@ class _Cycle:
                 raise RuntimeError("http.response.body after the response was complete")
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            out, self.pending = self.pending, b""
+            out = b""
             if body and not self.head_only:
-                out += self.conn.send(h11.Data(data=body)) or b""
+                out = self.conn.send(h11.Data(data=body)) or b""
                 self.body_sent += len(body)
             if not more:
                 out += self.conn.send(h11.EndOfMessage()) or b""
             if out:
-                self.head_written = True
                 await self._write(out)
             if not more:
                 self.response_complete = True
