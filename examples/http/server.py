@@ -149,6 +149,9 @@ class _Cycle:
         self.status = 0
         self.body_sent = 0
         self.done = asyncio.Event()  # response complete, or the peer gone
+        self.pending = b""  # the response head, until it goes out (see send)
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     # --- receive --------------------------------------------------------------------------------
 
@@ -208,10 +211,12 @@ class _Cycle:
             response = h11.Response(
                 status_code=self.status, headers=headers, reason=_reason(self.status)
             )
-            # written at once: a streaming application may take its time before the first
-            # body chunk, and the client should have the status and headers meanwhile
-            self.head_written = True
-            await self._write(self.conn.send(response) or b"")
+            # held until the first body chunk, which normally follows without the application
+            # yielding to the loop: one stream write per response instead of two (each costs a
+            # kwik transmit). An application that does yield (a stream that waits for its first
+            # chunk) gets the head flushed right then, so the client has the status meanwhile.
+            self.pending = self.conn.send(response) or b""
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
         elif kind == "http.response.body":
             if not self.response_started:
                 raise RuntimeError("http.response.body before http.response.start")
@@ -219,13 +224,21 @@ class _Cycle:
                 raise RuntimeError("http.response.body after the response was complete")
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            out = b""
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            if self._flushing is not None:
+                await self._flushing  # the head first
+                if self.failed:
+                    raise _StreamGone(f"kwik stream {self.stream.stream_id} is gone")
+            out, self.pending = self.pending, b""
             if body and not self.head_only:
-                out = self.conn.send(h11.Data(data=body)) or b""
+                out += self.conn.send(h11.Data(data=body)) or b""
                 self.body_sent += len(body)
             if not more:
                 out += self.conn.send(h11.EndOfMessage()) or b""
             if out:
+                self.head_written = True
                 await self._write(out)
             if not more:
                 self.response_complete = True
@@ -233,6 +246,18 @@ class _Cycle:
                 self.done.set()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+    def _flush_soon(self) -> None:
+        """Loop callback: the application yielded after http.response.start; send the head."""
+        self._flush_handle = None
+        if self.pending and not self.failed:
+            self._flushing = asyncio.ensure_future(self._flush_head())
+
+    async def _flush_head(self) -> None:
+        out, self.pending = self.pending, b""
+        self.head_written = True
+        with contextlib.suppress(_StreamGone):  # recorded in self.failed
+            await self._write(out)
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -249,10 +274,22 @@ class _Cycle:
             self.fail()
             LOGGER.debug("stream %d: close failed: %s", self.stream.stream_id, exc)
 
+    async def settle(self) -> None:
+        """After the application: a held head is either on the wire or still held, no flush
+        pending or in flight."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flushing is not None:
+            await self._flushing
+
     def fail(self) -> None:
         """The peer is gone: no more reading or writing; wake ``receive()`` waiters."""
         self.failed = True
         self.done.set()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
     # --- the server's part after the application ------------------------------------------------
 
@@ -261,6 +298,7 @@ class _Cycle:
         one), then finish the stream."""
         self.status = status
         self.response_started = self.head_written = True
+        self.pending = b""  # a head the application started and never followed: replaced
         response = _error_response(status, detail, head_only=self.head_only)
         await self._write(response)
         self.response_complete = True
@@ -554,6 +592,7 @@ class ASGIServer:
         try:
             await self.app(scope, cycle.receive, cycle.send)
         except Exception as exc:
+            await cycle.settle()
             if cycle.failed or cycle.too_large:
                 LOGGER.debug("stream %d: application stopped: %r", stream_id, exc)
             else:
@@ -565,6 +604,7 @@ class ASGIServer:
             elif not cycle.response_complete:
                 await cycle._finish()  # the peer sees the body end early
             return
+        await cycle.settle()
         if cycle.failed or cycle.too_large or cycle.response_complete:
             return
         if not cycle.head_written:
