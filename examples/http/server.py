@@ -4,7 +4,9 @@ Every stream a peer opens carries one HTTP/1.1 request; the answer goes back on 
 which the server then finishes (FIN). h11 parses and produces every byte of HTTP. The
 application sees a complete ``http`` scope (method, path, raw_path, query_string, headers,
 client, server, scheme ``https``, http_version, root_path, the lifespan ``state``, and an
-extension ``scope["extensions"]["kwik"]`` with the session and stream ids).
+extension ``scope["extensions"]["kwik"]`` with the session and stream ids). The
+``http.response.pathsend`` extension lets file responses (Starlette's ``FileResponse``, so
+``StaticFiles``) hand the server a path, which it sends in large chunks.
 
 What the server guarantees (the duties of an ASGI server):
 
@@ -77,6 +79,9 @@ DEFAULT_MAX_BODY = 1024 * 1024 * 1024
 
 #: Bytes asked of a stream per read while a request body is being received.
 READ_SIZE = 256 * 1024
+
+#: Bytes read from a file per write, for ``http.response.pathsend``.
+FILE_CHUNK = 1024 * 1024
 
 SERVER_HEADER = (b"server", b"kwik-asgi")
 
@@ -224,13 +229,7 @@ class _Cycle:
                 raise RuntimeError("http.response.body after the response was complete")
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
-            if self._flushing is not None:
-                await self._flushing  # the head first
-                if self.failed:
-                    raise _StreamGone(f"kwik stream {self.stream.stream_id} is gone")
+            await self._head_in_order()
             out, self.pending = self.pending, b""
             if body and not self.head_only:
                 out += self.conn.send(h11.Data(data=body)) or b""
@@ -244,8 +243,48 @@ class _Cycle:
                 self.response_complete = True
                 await self._finish()
                 self.done.set()
+        elif kind == "http.response.pathsend":
+            if not self.response_started or self.response_complete:
+                raise RuntimeError("http.response.pathsend out of place")
+            await self._head_in_order()
+            await self._send_file(message["path"])
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+    async def _head_in_order(self) -> None:
+        """Before body bytes: no head flush scheduled or in flight (it would race them)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flushing is not None:
+            await self._flushing
+            if self.failed:
+                raise _StreamGone(f"kwik stream {self.stream.stream_id} is gone")
+
+    async def _send_file(self, path: str) -> None:
+        """The ``http.response.pathsend`` extension: the whole file at ``path`` is the body,
+        read by the server in large chunks (in a worker thread) rather than sent by the
+        application piece by piece. The application already set its Content-Length."""
+        file = await asyncio.to_thread(open, path, "rb")
+        try:
+            out, self.pending = self.pending, b""
+            while not self.head_only:
+                chunk = await asyncio.to_thread(file.read, FILE_CHUNK)
+                if not chunk:
+                    break
+                self.body_sent += len(chunk)
+                out += self.conn.send(h11.Data(data=chunk)) or b""
+                self.head_written = True
+                await self._write(out)
+                out = b""
+            out += self.conn.send(h11.EndOfMessage()) or b""
+            self.head_written = True
+            await self._write(out)
+        finally:
+            file.close()
+        self.response_complete = True
+        await self._finish()
+        self.done.set()
 
     def _flush_soon(self) -> None:
         """Loop callback: the application yielded after http.response.start; send the head."""
@@ -641,7 +680,8 @@ class ASGIServer:
             "server": server,
             "state": dict(self.state),
             "extensions": {
-                "kwik": {"session_id": session.session_id, "stream_id": stream.stream_id}
+                "http.response.pathsend": {},
+                "kwik": {"session_id": session.session_id, "stream_id": stream.stream_id},
             },
         }
 
