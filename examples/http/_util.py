@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import kwik
 
 __all__ = [
-    "CHUNK_SIZE",
     "DEFAULT_MAX_HEAD",
     "DEFAULT_PORT",
     "HOP_BY_HOP_HEADERS",
@@ -36,9 +35,6 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger("kwik.examples.http")
-
-#: Chunk size used when reading from streams, sockets and files.
-CHUNK_SIZE = 64 * 1024
 
 #: Default kwik port of the examples (there is no registered one).
 DEFAULT_PORT = 4433
