@@ -1,627 +1,537 @@
-"""examples/http: HTTP/1.1 over kwik streams, its client, and the TCP gateway.
+"""examples/http: ASGI applications (Starlette, FastAPI) served over kwik, httpx with the kwik
+transport as their client, uvicorn as the TCP gateway for curl and a browser.
 
-Everything runs over loopback on port 0. The gateway is driven by curl when it is installed
-(and by urllib in any case), bodies are compared byte for byte.
+Everything runs over loopback on port 0; bodies are compared byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import http.client
-import io
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
+import h11
+import httpx
 import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 import kwik
-from examples.http._util import ProgressBar, parse_size, split_url, strip_hop_by_hop
-from examples.http.client import Client, HTTPStatusError
+from examples.http.app import create_app, pseudo_random_bytes
+from examples.http.client import KwikTransport
 from examples.http.gateway import Gateway
-from examples.http.server import (
-    App,
-    HTTPError,
-    HTTPServer,
-    Request,
-    Response,
-    Router,
-    create_app,
-)
+from examples.http.server import ASGIServer, with_static_files
 
 REPO = Path(__file__).resolve().parent.parent
 CERT, KEY = kwik.generate_self_signed_cert(["localhost", "127.0.0.1"])
 CURL = shutil.which("curl")
-BLOB_SIZE = 3 * 1024 * 1024
+CHROMIUM = "/usr/bin/chromium"
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(90)
+
+App = Callable[..., Any]
 
 
 def kwik_config() -> kwik.Config:
     return kwik.Config(handshake_timeout=5.0)
 
 
-def client_tls() -> kwik.TLSConfig:
-    return kwik.TLSConfig(cadata=CERT)
+def split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
-# --- fixtures -----------------------------------------------------------------------------------
+@asynccontextmanager
+async def serve(
+    app: App, config: kwik.Config | None = None, **options: Any
+) -> AsyncIterator[ASGIServer]:
+    """``app`` served over kwik on a free loopback port, closed at the end."""
+    server = ASGIServer(app, **options)
+    await server.start(
+        "127.0.0.1:0", kwik.TLSConfig(certificate=CERT, private_key=KEY), config or kwik_config()
+    )
+    try:
+        yield server
+    finally:
+        async with asyncio.timeout(20):
+            await server.close()
+
+
+@asynccontextmanager
+async def client_for(
+    server: ASGIServer, config: kwik.Config | None = None, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx over one kwik session to ``server``."""
+    transport = KwikTransport(server.addr, kwik.TLSConfig(cadata=CERT), config or kwik_config())
+    options.setdefault("timeout", 20.0)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=f"https://{server.addr}", **options
+    ) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
 def blob() -> bytes:
-    return os.urandom(BLOB_SIZE)
+    return os.urandom(MiB)
 
 
 @pytest.fixture
 def static_dir(tmp_path: Path, blob: bytes) -> Path:
     root = tmp_path / "static"
-    (root / "sub").mkdir(parents=True)
+    root.mkdir()
     (root / "blob.bin").write_bytes(blob)
     (root / "hello.txt").write_text("hello over kwik\n")
-    (root / "sub" / "index.html").write_text("<h1>sub</h1>\n")
-    (root / "empty").mkdir()
     return root
 
 
-StartServer = Callable[..., Awaitable[HTTPServer]]
-
-
 @pytest.fixture
-async def start_server(static_dir: Path) -> AsyncIterator[StartServer]:
-    """Start kwik HTTP servers (demo app over ``static_dir``); all are closed at the end."""
-    servers: list[HTTPServer] = []
+async def demo(static_dir: Path) -> AsyncIterator[ASGIServer]:
+    """The Starlette demo application over kwik, with ``static_dir`` under /static/."""
+    async with serve(create_app(static_dir)) as server:
+        yield server
 
-    async def start(max_body: int = 8 * MiB, **options: float) -> HTTPServer:
-        server = HTTPServer(create_app(static_dir, max_body=max_body), **options)
-        await server.start(
-            "127.0.0.1:0", kwik.TLSConfig(certificate=CERT, private_key=KEY), kwik_config()
+
+async def chunks_of(data: bytes, size: int = 100_000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+# --- Starlette: the demo application ------------------------------------------------------------
+
+
+async def test_starlette_status_codes_and_headers(demo: ASGIServer) -> None:
+    async with client_for(demo) as client:
+        response = await client.get("/api/health")
+        assert response.status_code == 200 and response.json() == {"status": "ok"}
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["server"] == "kwik-asgi" and "date" in response.headers
+        assert response.http_version == "HTTP/1.1" and response.reason_phrase == "OK"
+
+        response = await client.get("/nowhere")
+        assert response.status_code == 404 and response.json()["error"] == "Not Found"
+        response = await client.delete("/api/health")
+        assert response.status_code == 405 and "GET" in response.headers["allow"]
+
+        response = await client.post("/api/items", json={"name": "kwik"})
+        assert response.status_code == 201
+        item = response.json()
+        assert response.headers["location"] == f"/api/items/{item['id']}"
+        assert (await client.get(response.headers["location"])).json() == item
+        response = await client.put(f"/api/items/{item['id']}", json={"name": "quic"})
+        assert response.status_code == 200 and response.json()["name"] == "quic"
+        assert (await client.post("/api/items", content=b"[1]")).status_code == 400
+        assert (await client.delete(f"/api/items/{item['id']}")).status_code == 204
+        assert (await client.get(f"/api/items/{item['id']}")).status_code == 404
+
+        response = await client.head("/static/hello.txt")
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-length"] == str(len("hello over kwik\n"))
+        response = await client.get("/static/hello.txt")
+        assert response.text == "hello over kwik\n"
+        assert response.headers["content-type"].startswith("text/plain")
+        assert (await client.get("/static/missing.txt")).status_code == 404
+
+
+async def test_scope_is_complete(demo: ASGIServer) -> None:
+    async with client_for(demo) as client:
+        response = await client.post(
+            "/api/request?x=1&x=2&y=%C3%A9",
+            content=b"payload",
+            headers={"X-Custom": "Value 1", "Accept": "application/json"},
         )
-        servers.append(server)
-        return server
-
-    yield start
-    async with asyncio.timeout(15):
-        for server in servers:
-            await server.close()
-
-
-@pytest.fixture
-async def server(start_server: StartServer) -> HTTPServer:
-    return await start_server()
-
-
-@pytest.fixture
-async def client(server: HTTPServer) -> AsyncIterator[Client]:
-    async with Client(server.addr, client_tls(), config=kwik_config(), timeout=10.0) as c:
-        yield c
-
-
-@pytest.fixture
-async def gateway(server: HTTPServer) -> AsyncIterator[Gateway]:
-    gw = Gateway(server.addr, client_tls(), config=kwik_config(), timeout=10.0)
-    await gw.start("127.0.0.1:0")
-    yield gw
-    async with asyncio.timeout(10):
-        await gw.close()
-
-
-# --- a real HTTP client for the gateway: curl, or urllib -----------------------------------------
-
-
-async def fetch(
-    backend: str,
-    url: str,
-    tmp_path: Path,
-    *,
-    method: str = "GET",
-    data: bytes | None = None,
-    chunked: bool = False,
-) -> tuple[int, bytes]:
-    """``(status, body)`` of one request made by a real HTTP client over TCP."""
-    if backend == "curl":
-        assert CURL is not None
-        out = tmp_path / f"curl-out-{os.urandom(4).hex()}"
-        args = [CURL, "-sS", "--max-time", "30", "-X", method, "-o", str(out)]
-        args += ["-w", "%{http_code}", url]
-        if data is not None:
-            body_file = tmp_path / f"curl-in-{os.urandom(4).hex()}"
-            body_file.write_bytes(data)
-            args += [
-                "--data-binary",
-                f"@{body_file}",
-                "-H",
-                "Content-Type: application/octet-stream",
-            ]
-            if chunked:
-                args += ["-H", "Transfer-Encoding: chunked"]
-        process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        async with asyncio.timeout(40):
-            stdout, stderr = await process.communicate()
-        assert process.returncode == 0, stderr.decode()
-        return int(stdout), out.read_bytes()
-
-    def blocking() -> tuple[int, bytes]:
-        body: bytes | list[bytes] | None = data
-        if data is not None and chunked:  # an iterable without length: urllib sends chunked
-            body = [data[i : i + 65536] for i in range(0, len(data), 65536)]
-        request = urllib.request.Request(url, data=body, method=method)  # type: ignore[arg-type]
-        if data is not None:
-            request.add_header("Content-Type", "application/octet-stream")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read()
-
-    return await asyncio.to_thread(blocking)
-
-
-BACKENDS = [
-    pytest.param("curl", marks=pytest.mark.skipif(CURL is None, reason="curl is not installed")),
-    "urllib",
-]
-
-
-# --- units: no network ---------------------------------------------------------------------------
-
-
-def test_router_resolution() -> None:
-    router = Router()
-
-    async def a(request: Request) -> Response:
-        return Response()
-
-    async def b(request: Request) -> Response:
-        return Response()
-
-    async def c(request: Request) -> Response:
-        return Response()
-
-    router.add("/api/items", a, ("GET", "POST"))
-    router.add("/api/*", b)
-    router.add("/api/items/*", c, ("GET", "DELETE"))
-    assert router.resolve("GET", "/api/items") == (a, "")
-    assert router.resolve("GET", "/api/other/x") == (b, "other/x")
-    assert router.resolve("DELETE", "/api/items/7") == (c, "7")  # longest prefix wins
-    assert router.resolve("HEAD", "/api/items") == (a, "")  # HEAD is served by GET
-    with pytest.raises(HTTPError) as missing:
-        router.resolve("GET", "/elsewhere")
-    assert missing.value.status == 404
-    with pytest.raises(HTTPError) as wrong_method:
-        router.resolve("PUT", "/api/items")
-    assert wrong_method.value.status == 405
-    assert dict(wrong_method.value.headers)["allow"] == "GET, HEAD, POST"
-    with pytest.raises(ValueError):
-        router.add("/api/items", a, ("GET",))
-    with pytest.raises(ValueError):
-        router.add("relative", a)
-
-
-async def test_middleware_order_and_errors() -> None:
-    seen: list[str] = []
-
-    async def outer(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        seen.append("outer")
-        response = await call_next(request)
-        response.set_header("x-outer", "1")
-        return response
-
-    async def inner(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        seen.append("inner")
-        return await call_next(request)
-
-    app = App(middleware=[outer, inner])
-
-    @app.route("/boom")
-    async def boom(request: Request) -> Response:
-        raise RuntimeError("handler bug")
-
-    def request(path: str) -> Request:
-        return Request("GET", path, path, "", "1.1", ())
-
-    response = await app.handle(request("/boom"))
-    assert response.status == 500 and response.header("x-outer") == "1"
-    assert seen == ["outer", "inner"]
-    missing = await app.handle(request("/nowhere"))
-    assert missing.status == 404 and missing.header("x-outer") == "1"  # middleware saw the 404
-
-
-def test_helpers() -> None:
-    assert split_url("kwik://127.0.0.1:4433/a/b?c=1") == ("127.0.0.1:4433", "/a/b?c=1")
-    assert split_url("localhost:9/") == ("localhost:9", "/")
-    assert split_url("https://[::1]:4433") == ("[::1]:4433", "/")
-    assert split_url("/only/path") == (None, "/only/path")
-    assert parse_size("64K") == 65536 and parse_size("1.5MiB") == 1572864
-    assert parse_size("10") == 10
-    with pytest.raises(ValueError):
-        parse_size("lots")
-    kept = strip_hop_by_hop(
-        [("connection", "close, x-private"), ("x-private", "1"), ("keep-alive", "5"), ("a", "b")]
-    )
-    assert kept == [("a", "b")]
-    out = io.StringIO()
-    bar = ProgressBar("f.bin", file=out, enabled=True, interval=0)
-    bar(512, 1024)
-    bar(1024, 1024)
-    bar.finish()
-    text = out.getvalue()
-    assert "50%" in text and "100%" in text and text.endswith("\n")
-    silent = io.StringIO()
-    quiet = ProgressBar("f.bin", file=silent)  # not a tty: draws nothing
-    quiet(1, 2)
-    quiet.finish()
-    assert silent.getvalue() == ""
-
-
-# --- client against server ----------------------------------------------------------------------
-
-
-async def test_routes_json_and_methods(client: Client) -> None:
-    async with asyncio.timeout(20):
-        health = await client.get("/api/health")
-        assert health.status == 200
-        assert health.header("content-type") == "application/json"
-        assert health.json()["status"] == "ok"
-        assert int(health.header("content-length") or -1) == len(health.body)
-
-        head = await client.head("/api/health")
-        assert head.status == 200 and head.body == b""
-        assert head.header("content-length") == health.header("content-length")
-
-        described = await client.get_json("/api/request?x=1&x=2&y=")
-        assert described["method"] == "GET" and described["path"] == "/api/request"
-        assert described["args"] == {"x": ["1", "2"], "y": [""]}
-
-        created = await client.post_json("/api/items", {"name": "kwik"})
-        item_id = created["id"]
-        assert created == {"id": item_id, "name": "kwik"}
-        assert await client.get_json("/api/items") == [created]
-        updated = await client.put_json(f"/api/items/{item_id}", {"name": "KWIK"})
-        assert updated == {"id": item_id, "name": "KWIK"}
-        assert await client.get_json(f"/api/items/{item_id}") == updated
-        deleted = await client.delete(f"/api/items/{item_id}")
-        assert deleted.status == 204 and deleted.body == b""
-        with pytest.raises(HTTPStatusError) as gone:
-            await client.get_json(f"/api/items/{item_id}")
-        assert gone.value.response.status == 404
-
-        bad_json = await client.post(
-            "/api/items", b"{not json", headers={"content-type": "application/json"}
-        )
-        assert bad_json.status == 400 and "invalid JSON" in bad_json.json()["detail"]
-
-        echoed = await client.post("/api/echo", b"\x00\xffbinary", headers={"content-type": "x/y"})
-        assert echoed.status == 200 and echoed.body == b"\x00\xffbinary"
-        assert echoed.header("content-type") == "x/y"
-
-
-async def test_status_codes(client: Client) -> None:
-    async with asyncio.timeout(20):
-        missing = await client.get("/no/such/route")
-        assert missing.status == 404 and missing.json()["error"] == "Not Found"
-        assert (await client.get("/static/nothing-here.txt")).status == 404
-        assert (await client.get("/static/../../../etc/passwd")).status == 404
-        assert (await client.get("/static/%2e%2e/%2e%2e/etc/passwd")).status == 404
-
-        wrong = await client.delete("/api/health")
-        assert wrong.status == 405 and wrong.header("allow") == "GET, HEAD"
-        assert (await client.put("/static/hello.txt", b"x")).status == 405
-
-        moved = await client.get("/static/sub")
-        assert moved.status == 301 and moved.header("location") == "/static/sub/"
-        index = await client.get("/static/sub/")
-        assert index.status == 200 and index.body == b"<h1>sub</h1>\n"
-        listing = await client.get("/static/")
-        assert listing.status == 200 and b"blob.bin" in listing.body
-        text = await client.get("/static/hello.txt")
-        assert text.body == b"hello over kwik\n"
-        assert text.header("content-type", "").startswith("text/plain")
-
-
-async def test_static_file_byte_exact(client: Client, blob: bytes, tmp_path: Path) -> None:
-    async with asyncio.timeout(30):
-        response = await client.get("/static/blob.bin")
-        assert response.status == 200
-        assert response.header("content-type") == "application/octet-stream"
-        assert response.header("content-length") == str(len(blob))
-        assert response.body == blob
-
-        seen: list[tuple[int, int | None]] = []
-        target = tmp_path / "downloaded.bin"
-        downloaded = await client.download(
-            "/static/blob.bin", target, progress=lambda done, total: seen.append((done, total))
-        )
-        assert downloaded.status == 200
-        assert target.read_bytes() == blob
-        assert not (tmp_path / "downloaded.bin.part").exists()
-        assert seen[-1] == (len(blob), len(blob))
-        assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
-
-        with pytest.raises(HTTPStatusError):
-            await client.download("/static/missing.bin", tmp_path / "missing.bin")
-        assert not (tmp_path / "missing.bin").exists()
-
-
-async def test_upload(client: Client, tmp_path: Path) -> None:
-    data = os.urandom(2 * MiB + 123)
-    source = tmp_path / "upload.bin"
-    source.write_bytes(data)
-    async with asyncio.timeout(30):
-        sent: list[int] = []
-        created = await client.upload(
-            source, "/files/upload.bin", progress=lambda done, total: sent.append(done)
-        )
-        assert created.status == 201
-        assert created.json() == {
-            "name": "upload.bin",
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        assert sent[-1] == len(data)
-        assert (await client.get("/files/upload.bin")).body == data
-        assert await client.get_json("/files") == ["upload.bin"]
-        replaced = await client.upload(source, "/files/upload.bin", method="POST")
-        assert replaced.status == 200
-        assert (await client.put("/files/..evil", b"x")).status == 400
-
-        # a chunked request body: an async iterable of unknown length
-        async def chunks() -> AsyncIterator[bytes]:
-            for start in range(0, len(data), 100_000):
-                yield data[start : start + 100_000]
-
-        async with client.stream("POST", "/api/echo", content=chunks()) as streamed:
-            assert streamed.status == 200
-            assert await streamed.read() == data
-
-
-async def test_body_limit_413(start_server: StartServer) -> None:
-    small = await start_server(max_body=64 * 1024)
-    async with Client(small.addr, client_tls(), config=kwik_config(), timeout=10.0) as client:
-        async with asyncio.timeout(30):
-            at_limit = await client.post("/api/echo", b"a" * 64 * 1024)
-            assert at_limit.status == 200 and len(at_limit.body) == 64 * 1024
-            # Content-Length above the limit: refused at once, although 2 MiB (more than a
-            # stream's receive buffer) are on their way; the server drains them
-            declared = await client.post("/api/echo", os.urandom(2 * MiB))
-            assert declared.status == 413
-
-            async def chunks() -> AsyncIterator[bytes]:
-                for _ in range(8):
-                    yield b"c" * 16 * 1024
-
-            async with client.stream("POST", "/api/echo", content=chunks()) as chunked:
-                assert chunked.status == 413
-                assert "limit" in (await chunked.complete()).json()["detail"]
-            session = await client.connect()
-            assert (await client.get("/api/health")).status == 200  # the session carries on
-            assert await client.connect() is session and not session.is_closed
-
-
-async def raw_exchange(session: kwik.Session, request: bytes) -> bytes:
-    """Write ``request`` as is on a new stream, FIN, and read everything until EOF."""
-    stream = await session.open_stream_sync()
-    await stream.write(request)
-    await stream.close()
-    chunks = []
-    while data := await stream.read():
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-async def test_malformed_request_gets_400_and_session_survives(client: Client) -> None:
-    async with asyncio.timeout(20):
-        session = await client.connect()
-        garbage = await raw_exchange(session, b"THIS IS NOT HTTP\r\n\r\n")
-        assert garbage.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-        truncated = await raw_exchange(
-            session, b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
-        )
-        assert truncated.startswith(b"HTTP/1.1 400 ")
-        bad_header = await raw_exchange(session, b"GET / HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n")
-        assert bad_header.startswith(b"HTTP/1.1 400 ")
-        huge_head = await raw_exchange(
-            session, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
-        )
-        assert huge_head.startswith(b"HTTP/1.1 431 ")
-        assert await raw_exchange(session, b"") == b""  # FIN without a request: no answer
-
-        ok = await raw_exchange(session, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, _, body = ok.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and json.loads(body)["status"] == "ok"
-        assert (await client.get("/api/health")).status == 200
-        assert await client.connect() is session and not session.is_closed
-
-
-async def test_many_concurrent_requests_on_one_session(client: Client) -> None:
-    session = await client.connect()
-
-    async def one(i: int) -> tuple[int, str]:
-        if i % 2:
-            payload = f"payload {i} ".encode() * (i * 50)
-            response = await client.post("/api/echo", payload)
-            assert response.status == 200 and response.body == payload
+        session = client._transport.session  # type: ignore[attr-defined]
+        assert session is not None
+        described = response.json()
+    assert described["method"] == "POST"
+    assert described["path"] == "/api/request"
+    assert described["raw_path"] == "/api/request"
+    assert described["query_string"] == "x=1&x=2&y=%C3%A9"
+    assert described["args"] == {"x": ["1", "2"], "y": ["é"]}
+    assert ["x-custom", "Value 1"] in described["headers"]
+    assert ["host", demo.addr] in described["headers"]
+    assert described["http_version"] == "1.1" and described["scheme"] == "https"
+    assert described["client"] == ["127.0.0.1", split(session.local_addr)[1]]
+    assert tuple(described["server"]) == split(demo.addr)
+    assert described["kwik"]["stream_id"] >= 0
+    assert described["body_size"] == 7
+    assert described["body_sha256"] == hashlib.sha256(b"payload").hexdigest()
+
+
+async def test_percent_encoded_path() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope)
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body"})
+
+    async with serve(app, lifespan="off") as server, client_for(server) as client:
+        assert (await client.get("/a%20b/%C3%A9t%C3%A9?q=%20")).status_code == 204
+    assert seen[0]["path"] == "/a b/été"
+    assert seen[0]["raw_path"] == b"/a%20b/%C3%A9t%C3%A9"
+    assert seen[0]["query_string"] == b"q=%20"
+    assert seen[0]["root_path"] == "" and seen[0]["asgi"]["version"] == "3.0"
+
+
+async def test_streaming_8_mib_both_ways(demo: ASGIServer) -> None:
+    data = os.urandom(8 * MiB)
+    async with client_for(demo) as client:
+        # echo: the request streams up while the response streams down, on one stream
+        received = bytearray()
+        async with client.stream("POST", "/api/echo", content=chunks_of(data)) as response:
+            assert response.status_code == 200
+            assert "content-length" not in response.headers  # chunked: streamed, not buffered
+            async for chunk in response.aiter_raw():
+                received += chunk
+        assert received == data
+
+        # download of generated bytes, against the same generator
+        expected = b"".join(pseudo_random_bytes(8 * MiB, seed=7))
+        response = await client.get(f"/api/bytes/{8 * MiB}", params={"seed": 7})
+        assert response.headers["content-length"] == str(8 * MiB)
+        assert response.content == expected
+
+
+async def test_back_pressure_both_ways() -> None:
+    """A stalled application holds the client's upload back, a stalled client the
+    application's download: nothing is buffered without bound in between."""
+    total = 4 * MiB
+    # small kwik buffers: what may be in flight is what they hold, plus a chunk at either end
+    small = {
+        "stream_send_buffer": 256 * 1024,
+        "stream_receive_buffer": 256 * 1024,
+        "path_send_window": 512 * 1024,
+        "path_receive_window": 512 * 1024,
+    }
+    in_flight = sum(small.values()) + 4 * 256 * 1024
+    release = asyncio.Event()
+    app_sent = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal app_sent
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/upload":
+            size = len((await receive())["body"])  # one chunk, then stall
+            await release.wait()
+            while True:
+                message = await receive()
+                size += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": str(size).encode()})
         else:
-            response = await client.get(f"/api/request?i={i}")
-            assert response.status == 200 and response.json()["args"] == {"i": [str(i)]}
-        return i, response.header("x-kwik-stream") or ""
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            piece = bytes(256 * 1024)
+            while app_sent < total:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                app_sent += len(piece)
+            await send({"type": "http.response.body"})
 
-    async with asyncio.timeout(30):
-        results = await asyncio.gather(*(one(i) for i in range(64)))
-    assert sorted(i for i, _ in results) == list(range(64))
-    assert len({stream for _, stream in results}) == 64  # one stream per request
-    assert await client.connect() is session
+    produced = 0
 
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        piece = bytes(256 * 1024)
+        while produced < total:
+            produced += len(piece)
+            yield piece
 
-async def test_abandoned_response_does_not_stall_the_session(client: Client, blob: bytes) -> None:
-    async with asyncio.timeout(30):
-        async with client.stream("GET", "/static/blob.bin") as response:
-            assert response.status == 200
-            async with contextlib.aclosing(response.iter_bytes()) as body:
-                first = await anext(body)
-            assert blob.startswith(first) and len(first) < len(blob)
-        # the unread rest (more than a stream's receive buffer) is drained in the background;
-        # left unread it would stop the whole path, and these requests would never complete
-        for _ in range(3):
-            assert (await client.get("/api/health")).status == 200
-        assert (await client.get("/static/blob.bin")).body == blob
+    config = kwik.Config(handshake_timeout=5.0, **small)
+    async with (
+        serve(app, lifespan="off", config=config) as server,
+        client_for(server, config=config) as client,
+    ):
+        upload = asyncio.ensure_future(client.post("/upload", content=body()))
+        await asyncio.sleep(1.5)
+        assert produced <= in_flight, f"{produced} bytes taken while the application stalled"
+        release.set()
+        response = await upload
+        assert response.status_code == 200 and int(response.text) == total
 
-
-async def test_client_redials_after_session_closed(client: Client) -> None:
-    async with asyncio.timeout(20):
-        first = await client.connect()
-        await first.close()
-        assert (await client.get("/api/health")).status == 200
-        second = await client.connect()
-        assert second is not first and not second.is_closed
-
-
-# --- the gateway, driven by real HTTP clients ---------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_gateway_download_byte_exact(
-    backend: str, gateway: Gateway, blob: bytes, tmp_path: Path
-) -> None:
-    async with asyncio.timeout(40):
-        status, body = await fetch(backend, gateway.url + "static/blob.bin", tmp_path)
-        assert status == 200 and body == blob
-        status, body = await fetch(backend, gateway.url + "api/health", tmp_path)
-        assert status == 200 and json.loads(body)["status"] == "ok"
-        status, body = await fetch(backend, gateway.url + "no/such/thing", tmp_path)
-        assert status == 404
-        status, _ = await fetch(backend, gateway.url + "api/health", tmp_path, method="DELETE")
-        assert status == 405
+        async with client.stream("GET", "/download") as response:
+            await asyncio.sleep(1.5)  # read nothing for a while
+            assert app_sent <= in_flight, f"{app_sent} bytes sent to a stalled client"
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+        assert size == total
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_gateway_uploads(backend: str, gateway: Gateway, tmp_path: Path) -> None:
-    data = os.urandom(2 * MiB)  # above curl's 1 MiB threshold: it sends Expect: 100-continue
-    async with asyncio.timeout(40):
-        status, body = await fetch(
-            backend, gateway.url + "files/g.bin", tmp_path, method="PUT", data=data
+async def test_response_head_goes_out_before_the_body() -> None:
+    """A streaming application's status and headers reach the client before its first chunk."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"data: late\n\n"})
+
+    async with serve(app, lifespan="off") as server, client_for(server) as client:
+        async with asyncio.timeout(10), client.stream("GET", "/events") as response:
+            assert response.headers["content-type"] == "text/event-stream"
+            release.set()
+            assert await response.aread() == b"data: late\n\n"
+
+
+async def test_64_concurrent_requests_on_one_session(demo: ASGIServer) -> None:
+    async with client_for(demo) as client:
+        responses = await asyncio.gather(
+            *(client.get("/api/request", params={"n": str(n)}) for n in range(64))
         )
-        assert status == 201
-        assert json.loads(body)["sha256"] == hashlib.sha256(data).hexdigest()
-        status, body = await fetch(backend, gateway.url + "files/g.bin", tmp_path)
-        assert status == 200 and body == data
-        status, body = await fetch(
-            backend, gateway.url + "api/echo", tmp_path, method="POST", data=data, chunked=True
+    assert [r.status_code for r in responses] == [200] * 64
+    described = [r.json() for r in responses]
+    assert sorted(int(d["args"]["n"][0]) for d in described) == list(range(64))
+    assert len({d["kwik"]["stream_id"] for d in described}) == 64
+    assert len({d["kwik"]["session_id"] for d in described}) == 1
+    assert len({tuple(d["client"]) for d in described}) == 1
+
+
+# --- failures of the application and of the request ---------------------------------------------
+
+
+async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/raise":
+        raise RuntimeError("boom before the response")
+    if path == "/silent":
+        return  # no response at all
+    if path in ("/raise-mid-body", "/raise-mid-chunked"):
+        headers = [(b"content-length", b"1000")] if path == "/raise-mid-body" else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * 100, "more_body": True})
+        raise RuntimeError("boom in the body")
+    if path == "/slow":
+        await asyncio.sleep(5)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"fine"})
+
+
+async def test_app_that_raises() -> None:
+    async with serve(failing_app, lifespan="off") as server, client_for(server) as client:
+        response = await client.get("/raise")
+        assert response.status_code == 500
+        assert (await client.get("/silent")).status_code == 500
+        for path in ("/raise-mid-body", "/raise-mid-chunked"):
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(path)
+        session = client._transport.session  # type: ignore[attr-defined]
+        response = await client.get("/ok")
+        assert response.text == "fine"
+        assert client._transport.session is session  # type: ignore[attr-defined]
+
+
+async def test_lifespan() -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        events.append("startup")
+        yield {"greeting": "hello from the lifespan"}
+        events.append("shutdown")
+
+    async def greet(request: Request) -> Response:
+        return JSONResponse({"greeting": request.state.greeting, "events": list(events)})
+
+    app = Starlette(routes=[Route("/", greet)], lifespan=lifespan)
+    async with serve(app, lifespan="on") as server, client_for(server) as client:
+        response = await client.get("/")
+        assert response.json() == {"greeting": "hello from the lifespan", "events": ["startup"]}
+    assert events == ["startup", "shutdown"]
+
+    @asynccontextmanager
+    async def broken(app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("no database")
+        yield
+
+    server = ASGIServer(Starlette(lifespan=broken), lifespan="on")
+    with pytest.raises(RuntimeError, match="no database"):
+        await server.start("127.0.0.1:0", kwik.TLSConfig(certificate=CERT, private_key=KEY))
+    assert server.addr == ""  # nothing listens
+
+
+async def raw_exchange(address: str, data: bytes) -> tuple[h11.Response, bytes]:
+    """Send ``data`` as is on a new stream, FIN, and parse what comes back."""
+    async with asyncio.timeout(15):
+        session = await kwik.dial_addr(address, kwik.TLSConfig(cadata=CERT), kwik_config())
+        try:
+            stream = await session.open_stream_sync()
+            await stream.write(data)
+            await stream.close()
+            received = bytearray()
+            while chunk := await stream.read():
+                received += chunk
+        finally:
+            await session.close()
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.receive_data(bytes(received))
+    conn.receive_data(b"")
+    head = conn.next_event()
+    assert isinstance(head, h11.Response), head
+    body = bytearray()
+    while isinstance(event := conn.next_event(), h11.Data):
+        body += event.data
+    return head, bytes(body)
+
+
+async def test_h11_limits(demo: ASGIServer) -> None:
+    head, body = await raw_exchange(demo.addr, b"this is not HTTP\r\n\r\n")
+    assert head.status_code == 400
+    async with serve(create_app(), max_body=MiB, max_head_size=4096) as small:
+        async with client_for(small) as client:
+            response = await client.get("/api/health", headers={"x-big": "a" * 8000})
+            assert response.status_code == 431
+            data = os.urandom(2 * MiB)
+            response = await client.put("/files/too-big.bin", content=data)  # Content-Length
+            assert response.status_code == 413
+            response = await client.put("/files/too-big.bin", content=chunks_of(data))  # chunked
+            assert response.status_code == 413
+            assert (await client.get("/files")).json() == []  # nothing was stored
+            response = await client.put("/files/fits.bin", content=data[:1000])
+            assert response.status_code == 201  # and the session still serves
+
+
+async def test_transport_errors(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        transport = KwikTransport(
+            dead, kwik.TLSConfig(cadata=CERT), kwik.Config(handshake_timeout=1)
         )
-        assert status == 200 and body == data
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.get(f"https://{dead}/")
+
+    other_cert, _ = kwik.generate_self_signed_cert(["localhost"])
+    async with serve(failing_app, lifespan="off") as server:
+        transport = KwikTransport(server.addr, kwik.TLSConfig(cadata=other_cert), kwik_config())
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"https://{server.addr}/")
+
+        async with client_for(server) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get("/slow", timeout=httpx.Timeout(20.0, read=0.5))
+            first = client._transport.session  # type: ignore[attr-defined]
+            assert (await client.get("/ok")).text == "fine"
+            # the server closes the session: the next request dials a new one
+            for session in server.sessions:
+                await session.close()
+            async with asyncio.timeout(10):
+                while not first.is_closed:
+                    await asyncio.sleep(0.02)
+            assert (await client.get("/ok")).text == "fine"
+            assert client._transport.session is not first  # type: ignore[attr-defined]
 
 
-async def test_gateway_keep_alive(gateway: Gateway) -> None:
-    host, port = gateway.addr.rsplit(":", 1)
-
-    def blocking() -> list[tuple[int, bytes]]:
-        connection = http.client.HTTPConnection(host, int(port), timeout=20)
-        results = []
-        try:
-            sockets = set()
-            for path in ("/api/health", "/static/hello.txt", "/nowhere", "/api/items"):
-                connection.request("GET", path)
-                response = connection.getresponse()
-                results.append((response.status, response.read()))
-                sockets.add(id(connection.sock))
-            connection.request("POST", "/api/echo", body=b"kept alive")
-            response = connection.getresponse()
-            results.append((response.status, response.read()))
-            sockets.add(id(connection.sock))
-            assert len(sockets) == 1, "the gateway closed a keep-alive connection"
-        finally:
-            connection.close()
-        return results
-
-    async with asyncio.timeout(30):
-        results = await asyncio.to_thread(blocking)
-    assert [status for status, _ in results] == [200, 200, 404, 200, 200]
-    assert results[1][1] == b"hello over kwik\n" and results[4][1] == b"kept alive"
+# --- FastAPI ------------------------------------------------------------------------------------
 
 
-async def test_gateway_malformed_request_gets_400(gateway: Gateway, tmp_path: Path) -> None:
-    host, port = gateway.addr.rsplit(":", 1)
-    async with asyncio.timeout(20):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-            await writer.drain()
-            answer = await reader.read()  # the gateway answers, then closes
-        finally:
-            writer.close()
-            await writer.wait_closed()
-        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-        status, _ = await fetch("urllib", gateway.url + "api/health", tmp_path)
-        assert status == 200
+class Item(BaseModel):
+    name: str
+    price: float
+    tags: list[str] = []
 
 
-async def test_gateway_survives_client_leaving_mid_download(
-    gateway: Gateway, blob: bytes, tmp_path: Path
-) -> None:
-    host, port = gateway.addr.rsplit(":", 1)
-    async with asyncio.timeout(30):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /static/blob.bin HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        await writer.drain()
-        first = await reader.read(65536)
-        writer.close()
-        await writer.wait_closed()
-        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
-        for _ in range(3):
-            assert (await fetch("urllib", gateway.url + "api/health", tmp_path))[0] == 200
-        assert await fetch("urllib", gateway.url + "static/blob.bin", tmp_path) == (200, blob)
+def item_store(request: Request) -> dict[int, Item]:
+    """FastAPI dependency: the items, which the lifespan puts in the application's state."""
+    return request.app.state.items  # type: ignore[no-any-return]
 
 
-async def test_gateway_redials_and_reports_unreachable_upstream(
-    gateway: Gateway, tmp_path: Path
-) -> None:
-    async with asyncio.timeout(30):
-        assert (await fetch("urllib", gateway.url + "api/health", tmp_path))[0] == 200
-        session = await gateway.client.connect()
-        await session.close()  # e.g. the server restarted: the next request dials again
-        assert (await fetch("urllib", gateway.url + "api/health", tmp_path))[0] == 200
-        assert await gateway.client.connect() is not session
-
-        # nothing listens on this UDP port: 502 Bad Gateway, within the handshake timeout
-        import socket
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{probe.getsockname()[1]}"
-        config = kwik.Config(handshake_timeout=1.0)
-        async with Gateway(dead, client_tls(), config=config, timeout=5.0) as broken:
-            await broken.start("127.0.0.1:0")
-            status, body = await fetch("urllib", broken.url + "api/health", tmp_path)
-        assert status == 502 and b"upstream" in body
+Store = Annotated[dict[int, Item], Depends(item_store)]
 
 
-# --- command lines ------------------------------------------------------------------------------
+def fastapi_app() -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.items = {}
+        yield
+        del app.state.items
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/items/{item_id}", status_code=201)
+    async def create(item_id: int, item: Item, store: Store) -> Item:
+        if item_id in store:
+            raise HTTPException(409, "exists")
+        store[item_id] = item
+        return item
+
+    @app.get("/items/{item_id}")
+    async def read(item_id: int, store: Store) -> Item:
+        if item_id not in store:
+            raise HTTPException(404, "no such item")
+        return store[item_id]
+
+    @app.get("/count/{n}")
+    async def count(n: int) -> StreamingResponse:
+        async def lines() -> AsyncIterator[bytes]:
+            for i in range(n):
+                yield f"{i}\n".encode()
+
+        return StreamingResponse(lines(), media_type="text/plain")
+
+    return app
 
 
-async def run_module(*args: str, timeout: float = 30) -> tuple[int, bytes, bytes]:
+async def test_fastapi_app() -> None:
+    async with serve(fastapi_app(), lifespan="on") as server, client_for(server) as client:
+        item = {"name": "kwik", "price": 1.5, "tags": ["quic"]}
+        response = await client.post("/items/1", json=item)
+        assert response.status_code == 201 and response.json() == item
+        assert (await client.post("/items/1", json=item)).status_code == 409
+        assert (await client.get("/items/1")).json() == item
+        assert (await client.get("/items/2")).json() == {"detail": "no such item"}
+        response = await client.post("/items/3", json={"name": "no price"})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "price"]
+        assert (await client.get("/items/abc")).status_code == 422
+        response = await client.get("/count/1000")
+        assert response.text == "".join(f"{i}\n" for i in range(1000))
+        response = await client.get("/openapi.json")
+        assert "/items/{item_id}" in response.json()["paths"]
+
+
+# --- the gateway: curl and a browser ------------------------------------------------------------
+
+
+@pytest.fixture
+async def gateway(demo: ASGIServer) -> AsyncIterator[Gateway]:
+    gw = Gateway(demo.addr, kwik.TLSConfig(cadata=CERT), config=kwik_config(), timeout=20.0)
+    await gw.start("127.0.0.1:0")
+    try:
+        yield gw
+    finally:
+        async with asyncio.timeout(20):
+            await gw.close()
+
+
+async def run(*argv: str, timeout: float = 60) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
         async with asyncio.timeout(timeout):
@@ -634,66 +544,171 @@ async def run_module(*args: str, timeout: float = 30) -> tuple[int, bytes, bytes
     return process.returncode, stdout, stderr
 
 
-async def test_cli_client(server: HTTPServer, tmp_path: Path, blob: bytes) -> None:
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_curl_through_the_gateway(gateway: Gateway, blob: bytes, tmp_path: Path) -> None:
+    assert CURL is not None
+    url = gateway.url
+    code, out, err = await run(CURL, "-sS", "-i", url + "api/health")
+    assert code == 0, err.decode()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"via: 1.1 kwik-gateway" in out.lower() and out.endswith(b'{"status":"ok"}')
+
+    target = tmp_path / "blob.bin"
+    code, _, err = await run(CURL, "-sS", "-f", "-o", str(target), url + "static/blob.bin")
+    assert code == 0, err.decode()
+    assert target.read_bytes() == blob
+
+    source = tmp_path / "upload.bin"
+    source.write_bytes(blob[::-1])
+    code, out, err = await run(CURL, "-sS", "-f", "-T", str(source), url + "files/up.bin")
+    assert code == 0, err.decode()
+    assert json.loads(out)["sha256"] == hashlib.sha256(blob[::-1]).hexdigest()
+    code, out, err = await run(CURL, "-sS", "-f", url + "files/up.bin")
+    assert code == 0 and out == blob[::-1]
+
+    # chunked upload (curl reads stdin), echoed back as it streams
+    echoed = tmp_path / "echoed.bin"
+    process = await asyncio.create_subprocess_exec(
+        CURL, "-sS", "-f", "-H", "Transfer-Encoding: chunked", "--data-binary", "@-",
+        "-o", str(echoed), url + "api/echo",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        _, err = await process.communicate(blob)
+    assert process.returncode == 0, err.decode()
+    assert echoed.read_bytes() == blob
+
+
+async def test_gateway_without_upstream(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        async with Gateway(
+            dead, kwik.TLSConfig(cadata=CERT), config=kwik.Config(handshake_timeout=1.0)
+        ) as gw:
+            await gw.start("127.0.0.1:0")
+
+            def fetch() -> tuple[int, bytes]:
+                try:
+                    with urllib.request.urlopen(gw.url + "api/health", timeout=20) as r:
+                        return r.status, r.read()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.read()
+
+            status, body = await asyncio.to_thread(fetch)
+    assert status == 504 and b"upstream" in body
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is not installed")
+async def test_browser_through_the_gateway(static_dir: Path, tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    demo_app = create_app(static_dir)
+
+    async def recording(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            seen.append((scope["path"], headers.get(b"user-agent", b"").decode()))
+        await demo_app(scope, receive, send)
+
+    async with serve(recording) as server:
+        async with Gateway(server.addr, kwik.TLSConfig(cadata=CERT), config=kwik_config()) as gw:
+            await gw.start("127.0.0.1:0")
+            screenshot = tmp_path / "page.png"
+            code, _, err = await run(
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=800,600",
+                f"--screenshot={screenshot}",
+                gw.url,
+                timeout=60,
+            )
+    assert code == 0, err.decode(errors="replace")[-2000:]
+    png = screenshot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    # the page the browser rendered came over kwik, asked for by Chromium itself
+    assert any(path == "/" and "Chrome" in agent for path, agent in seen), seen
+
+
+# --- command lines ------------------------------------------------------------------------------
+
+
+async def test_client_cli(demo: ASGIServer, tmp_path: Path, blob: bytes) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_bytes(CERT)
-    url = f"kwik://{server.addr}"
-    cli = "examples.http.client"
-    code, out, err = await run_module(cli, "--ca", str(ca), "get", f"{url}/api/health")
+    url = f"kwik://{demo.addr}"
+    cli = (sys.executable, "-m", "examples.http.client")
+    code, out, err = await run(*cli, "--ca", str(ca), f"{url}/api/health")
     assert code == 0, err.decode()
-    assert json.loads(out)["status"] == "ok"
+    assert json.loads(out) == {"status": "ok"}
 
-    code, out, err = await run_module(cli, "get", f"{url}/missing", "--ca", str(ca), "-i")
+    code, out, _ = await run(*cli, "--ca", str(ca), "-i", f"{url}/missing")
     assert code == 1 and out.startswith(b"HTTP/1.1 404 Not Found\r\n")
 
     target = tmp_path / "cli.bin"
-    code, _, err = await run_module(
-        cli, "-k", "download", f"{url}/static/blob.bin", str(target), "--progress"
-    )
+    code, _, err = await run(*cli, "-k", "--progress", "-o", str(target), f"{url}/static/blob.bin")
     assert code == 0, err.decode()
     assert target.read_bytes() == blob
     assert b"100%" in err  # the progress bar, forced on although stderr is a pipe
 
-    code, out, err = await run_module(cli, "-k", "post-json", f"{url}/api/items", '{"n": 1}')
+    code, out, err = await run(*cli, "-k", "--progress", "-T", str(target), f"{url}/files/b.bin")
     assert code == 0, err.decode()
-    assert json.loads(out)["n"] == 1
+    assert json.loads(out)["sha256"] == hashlib.sha256(blob).hexdigest() and b"100%" in err
 
-    code, _, err = await run_module(cli, "get", f"{url}/api/health")  # self-signed: refused
-    assert code == 3 and b"error" in err
+    code, out, err = await run(*cli, "-k", "--json", '{"n": 1}', f"{url}/api/items")
+    assert code == 0 and json.loads(out)["n"] == 1
+
+    code, _, err = await run(*cli, f"{url}/api/health")  # self-signed, not trusted: refused
+    assert code == 3 and b"ConnectError" in err
 
 
-async def test_demo_starts_server_and_gateway(tmp_path: Path) -> None:
+async def test_demo_prints_two_lines_and_serves(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "examples.http.server",
-        "--demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--gateway-listen",
-        "127.0.0.1:0",
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        sys.executable, "-m", "examples.http.server", "--demo",
+        "--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     assert process.stdout is not None
     try:
         async with asyncio.timeout(30):
-            url = None
-            while url is None:
-                line = (await process.stdout.readline()).decode()
-                assert line, "the demo exited before printing its gateway URL"
-                if line.startswith("gateway: "):
-                    url = line.split()[1]
-            assert url.startswith("http://127.0.0.1:")
-            status, body = await fetch("urllib", url, tmp_path)
-            assert status == 200 and b"HTTP/1.1 over kwik" in body
-            status, body = await fetch("urllib", url + "static/hello.txt", tmp_path)
-            assert status == 200 and body == b"Hello over kwik!\n"
-            process.send_signal(signal.SIGINT)
-            _, stderr = await process.communicate()
-            assert process.returncode == 0, stderr.decode()
+            kwik_line = (await process.stdout.readline()).decode()
+            http_line = (await process.stdout.readline()).decode()
+        assert kwik_line.startswith("kwik://127.0.0.1:"), kwik_line
+        assert http_line.startswith("http://127.0.0.1:"), http_line
+        url = http_line.strip()
+
+        def fetch(path: str) -> tuple[int, bytes]:
+            with urllib.request.urlopen(url + path, timeout=20) as response:
+                return response.status, response.read()
+
+        status, body = await asyncio.to_thread(fetch, "/")
+        assert status == 200 and b"HTTP/1.1 over kwik" in body and b"kwik stream" in body
+        status, body = await asyncio.to_thread(fetch, "/static/hello.txt")
+        assert status == 200 and body == b"Hello over kwik!\n"
+        status, body = await asyncio.to_thread(fetch, "/api/request")
+        assert json.loads(body)["scheme"] == "http"  # X-Forwarded-Proto from the gateway
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+        assert stdout == b""  # the two lines were all
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_with_static_files_keeps_the_app_and_its_lifespan(static_dir: Path) -> None:
+    app = with_static_files(create_app(), static_dir)
+    async with serve(app, lifespan="on") as server, client_for(server) as client:
+        assert (await client.get("/static/hello.txt")).text == "hello over kwik\n"
+        assert (await client.get("/static/nothing")).status_code == 404
+        # the items store comes from the demo's lifespan: it ran through the wrapper
+        assert (await client.post("/api/items", json={"a": 1})).status_code == 201

@@ -1,15 +1,19 @@
-"""HTTP/1.1 over kwik streams (the port of KWIK's ``kwikhttp`` example).
+"""HTTP over kwik the ecosystem's way: any ASGI application served, httpx as the client, uvicorn
+as the TCP gateway.
 
-One request per stream: the client opens a kwik stream, writes an HTTP/1.1 request, finishes
-its side (FIN) and reads the response until the stream ends. Unlike upstream, where a request
-could only end by timeout, FIN ends every message cleanly. h11 parses and produces all HTTP.
+One request per stream: the client opens a kwik stream, writes an HTTP/1.1 request (h11 on both
+sides), finishes its side (FIN) and reads the response until the server finishes the stream.
 
-* :mod:`examples.http.server`: routes, middleware, static files, JSON endpoints
-  (``python -m examples.http.server [--demo]``);
-* :mod:`examples.http.client`: :class:`~examples.http.client.Client`, and a command line
-  (``python -m examples.http.client get kwik://127.0.0.1:4433/``);
-* :mod:`examples.http.gateway`: plain HTTP over TCP in front of the kwik server, for curl,
-  browsers and ``urllib`` (``python -m examples.http.gateway --upstream HOST:PORT``).
+* :mod:`examples.http.server`: :class:`~examples.http.server.ASGIServer`, an ASGI 3 server over
+  kwik for Starlette, FastAPI or any ASGI application
+  (``python -m examples.http.server --app MODULE:ATTR [--demo]``);
+* :mod:`examples.http.app`: the demo application, plain Starlette (routes, JSON endpoints,
+  uploads, ``StaticFiles``);
+* :mod:`examples.http.client`: :class:`~examples.http.client.KwikTransport` for
+  ``httpx.AsyncClient``, and a curl-like command line
+  (``python -m examples.http.client kwik://127.0.0.1:4433/api/health``);
+* :mod:`examples.http.gateway`: uvicorn serving an ASGI proxy to a kwik server, for curl and
+  browsers (``python -m examples.http.gateway --upstream HOST:PORT``).
 
-Needs h11 (``pip install -e '.[examples]'``).
+Needs h11, Starlette, httpx and uvicorn (``pip install -e '.[http]'``).
 """

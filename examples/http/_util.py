@@ -1,8 +1,7 @@
 """Pieces shared by the HTTP example's server, client and gateway.
 
-Nothing here parses HTTP: h11 does that. These helpers move bytes between an h11 connection and
-whatever carries it (a kwik stream or a TCP socket), pick apart URLs, filter hop-by-hop headers,
-build TLS configurations and draw the progress bar.
+Nothing here parses HTTP (h11, httpx and uvicorn do). These helpers pick apart URLs, filter
+hop-by-hop headers, build TLS configurations, parse sizes and draw the progress bar.
 """
 
 from __future__ import annotations
@@ -14,31 +13,22 @@ import math
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from http import HTTPStatus
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import h11
-
 import kwik
 
 __all__ = [
-    "CHUNK_SIZE",
     "DEFAULT_MAX_HEAD",
     "DEFAULT_PORT",
     "HOP_BY_HOP_HEADERS",
     "LOGGER",
-    "H11Event",
     "ProgressBar",
     "client_tls_config",
-    "decode_headers",
     "format_size",
-    "header_value",
-    "next_event",
     "parse_size",
-    "reason_phrase",
     "server_tls_config",
     "split_url",
     "strip_hop_by_hop",
@@ -46,86 +36,38 @@ __all__ = [
 
 LOGGER = logging.getLogger("kwik.examples.http")
 
-#: Chunk size used when reading from streams, sockets and files.
-CHUNK_SIZE = 64 * 1024
-
 #: Default kwik port of the examples (there is no registered one).
 DEFAULT_PORT = 4433
 
 #: Default limit on a request head (request line + headers); larger heads get 431.
 DEFAULT_MAX_HEAD = 16 * 1024
 
-#: What ``h11.Connection.next_event`` can return (events and the two sentinels).
-H11Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
-
 #: Connection-level headers (RFC 9110 section 7.6.1): meaningful on one hop only, never
-#: forwarded by the gateway. Framing (Content-Length aside) is redone by h11 on each hop.
+#: forwarded by the gateway. Framing (Content-Length aside) is redone on each hop.
 HOP_BY_HOP_HEADERS = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
     }
 )
 
 
-async def next_event(conn: h11.Connection, receive: Callable[[], Awaitable[bytes]]) -> H11Event:
-    """Return h11's next event, feeding it with ``receive()`` while it needs data.
-
-    ``receive`` returns the next bytes of the transport, ``b""`` at end of stream (h11 turns a
-    premature end into :class:`h11.RemoteProtocolError`). Never returns ``h11.NEED_DATA``; may
-    return ``h11.PAUSED``.
-
-    Raises:
-        h11.RemoteProtocolError: the peer sent something that is not HTTP/1.1.
-    """
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await receive())
-
-
-def reason_phrase(status: int) -> str:
-    """The standard reason phrase of ``status`` (``""`` for an unknown code)."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
-    """The value of the first header called ``name`` (case-insensitive), or None."""
-    name = name.lower()
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def decode_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """h11's ``(bytes, bytes)`` headers as ``(str, str)``; names are already lowercase.
-
-    Values are decoded as Latin-1, which maps every byte, so nothing is lost.
-    """
-    return tuple((name.decode("ascii"), value.decode("latin-1")) for name, value in headers)
-
-
-def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``headers`` without :data:`HOP_BY_HOP_HEADERS` and without the headers a ``Connection``
-    header names (RFC 9110 section 7.6.1)."""
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Raw ``headers`` without :data:`HOP_BY_HOP_HEADERS` and without the headers a
+    ``Connection`` header names (RFC 9110 section 7.6.1). Names compare case-insensitively."""
     headers = list(headers)
-    named: set[str] = set()
+    named: set[bytes] = set()
     for key, value in headers:
-        if key.lower() == "connection":
-            named.update(token.strip().lower() for token in value.split(","))
+        if key.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
     return [
         (key, value)
         for key, value in headers
@@ -308,7 +250,7 @@ def run_cli(
         LOGGER.setLevel(logging.INFO)
     try:
         asyncio.run(run(args))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,22 +1,27 @@
-"""HTTP/1.1 over kwik: the client, as a library and from the command line.
+"""httpx over kwik: :class:`KwikTransport`, and a command-line client built on it.
 
-Every request travels on its own stream of one kwik session: the client opens a stream, writes
-the request (h11), finishes its side (FIN) and reads the response until the stream ends. Many
-requests can run at once on the same session.
+``httpx.AsyncClient(transport=KwikTransport(address, tls_config))`` sends every request on its
+own stream of one kwik session to ``address``: the transport opens a stream, writes the request
+(h11) while it reads the response, finishes its side (FIN) after the request, and the response
+ends with the server's FIN. Any number of requests may run at once on the one session. The
+URL's host and port are not used to route (the transport always talks to ``address``): they
+only fill the ``Host`` header, like a transport for a Unix socket.
 
 Library::
 
-    async with Client("127.0.0.1:4433", kwik.TLSConfig(cadata=cert_pem)) as client:
+    transport = KwikTransport("127.0.0.1:4433", kwik.TLSConfig(cadata=cert_pem))
+    async with httpx.AsyncClient(transport=transport, base_url="https://127.0.0.1:4433") as client:
         response = await client.get("/api/health")
-        items = await client.post_json("/api/items", {"name": "kwik"})
-        await client.download("/static/big.bin", "big.bin")
+        async with client.stream("GET", "/static/big.bin") as response:
+            async for chunk in response.aiter_bytes():
+                ...
 
-Command line (URLs are ``kwik://host:port/path``; ``host:port/path`` works too)::
+Command line (``kwik://host:port/path``; ``host:port/path`` and ``https://`` work too)::
 
-    python -m examples.http.client --ca cert.pem get kwik://127.0.0.1:4433/api/health
-    python -m examples.http.client -k post kwik://127.0.0.1:4433/api/echo --data hello
-    python -m examples.http.client -k download kwik://127.0.0.1:4433/static/a.bin a.bin
-    python -m examples.http.client -k upload a.bin kwik://127.0.0.1:4433/files/a.bin
+    python -m examples.http.client --ca cert.pem kwik://127.0.0.1:4433/api/health
+    python -m examples.http.client -k -o big.bin kwik://127.0.0.1:4433/static/random.bin
+    python -m examples.http.client -k -T big.bin kwik://127.0.0.1:4433/files/big.bin
+    python -m examples.http.client -k --json '{"name": "kwik"}' kwik://127.0.0.1:4433/api/items
 """
 
 from __future__ import annotations
@@ -26,318 +31,299 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import h11
+import httpx
 
 import kwik
 
-from ._util import (
-    CHUNK_SIZE,
-    LOGGER,
-    ProgressBar,
-    client_tls_config,
-    decode_headers,
-    header_value,
-    next_event,
-    split_url,
-)
+from ._util import LOGGER, ProgressBar, client_tls_config, split_url
 
-__all__ = [
-    "Client",
-    "HTTPStatusError",
-    "InvalidResponseError",
-    "Progress",
-    "Response",
-    "StreamedResponse",
-    "main",
-]
+__all__ = ["KwikTransport", "main"]
 
-USER_AGENT = "kwik-http-example-client"
+#: Bytes asked of a stream per read of a response.
+READ_SIZE = 256 * 1024
 
-#: Called as ``progress(bytes_done, total_or_None)`` while a body moves.
-Progress = Callable[[int, int | None], None]
-
-#: What a request body may be: bytes, or an async iterable of chunks.
-Content = bytes | bytearray | memoryview | AsyncIterable[bytes]
-
-_FRAMING = ("content-length", "transfer-encoding")
+#: How long closing a finished exchange waits for the server's FIN.
+FIN_TIMEOUT = 5.0
 
 
-class InvalidResponseError(ConnectionError):
-    """The server's answer is not valid HTTP/1.1 (or the stream ended in the middle of it)."""
-
-
-@dataclass(frozen=True)
-class Response:
-    """A complete response. Header names are lowercase."""
-
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    http_version: str = "1.1"
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """The first header called ``name`` (case-insensitive), or ``default``."""
-        value = header_value(self.headers, name)
-        return default if value is None else value
-
-    @property
-    def ok(self) -> bool:
-        """True for a status below 400."""
-        return self.status < 400
-
-    @property
-    def text(self) -> str:
-        """The body decoded with the ``charset`` of ``Content-Type`` (default UTF-8)."""
-        charset = "utf-8"
-        for param in (self.header("content-type") or "").split(";")[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "charset" and value:
-                charset = value.strip('"')
-        return self.body.decode(charset, errors="replace")
-
-    def json(self) -> Any:
-        """The body decoded as JSON (raises ``ValueError`` if it is not)."""
-        return json.loads(self.body)
-
-    def raise_for_status(self) -> Response:
-        """Return ``self``, or raise :class:`HTTPStatusError` for a status of 400 or more."""
-        if not self.ok:
-            raise HTTPStatusError(self)
-        return self
-
-
-class HTTPStatusError(Exception):
-    """A response with a status of 400 or more where success was required."""
-
-    def __init__(self, response: Response) -> None:
-        detail = response.body[:200].decode("utf-8", errors="replace").strip()
-        super().__init__(f"{response.status} {response.reason}: {detail}")
-        self.response = response
+def _timeouts(request: httpx.Request) -> dict[str, float | None]:
+    timeout: dict[str, float | None] = request.extensions.get("timeout", {})
+    return timeout
 
 
 class _Exchange:
-    """One request/response on one stream: the request is written by a task while the
-    response is read, so an early answer (413, 404 on an upload) is seen at once."""
+    """One request and its response on one stream."""
 
-    def __init__(self, stream: kwik.Stream, conn: h11.Connection, timeout: float) -> None:
+    def __init__(
+        self,
+        transport: KwikTransport,
+        stream: kwik.Stream,
+        request: httpx.Request,
+    ) -> None:
+        self.transport = transport
         self.stream = stream
-        self.conn = conn
-        self.timeout = timeout
+        self.request = request
+        self.conn = h11.Connection(h11.CLIENT)
+        timeouts = _timeouts(request)
+        self.read_timeout = timeouts.get("read")
+        self.write_timeout = timeouts.get("write")
         self.writer: asyncio.Task[None] | None = None
-        self.sent = 0  # request bytes handed to the stream so far (progress of the writer)
-        self.complete = False  # EndOfMessage seen
+        self.reading: asyncio.Future[bytes] | None = None  # the read in flight, if any
+        self.complete = False  # the response's EndOfMessage was read
+        self.closed = False
 
-    async def receive(self) -> bytes:
-        """The next bytes of the response; fails as soon as the request writer fails.
+    # --- the request ----------------------------------------------------------------------------
 
-        Raises:
-            TimeoutError: ``timeout`` seconds passed with nothing received and nothing sent.
-        """
+    async def write_request(self) -> None:
+        """Write the request head and body, then finish our side of the stream."""
+        request, conn = self.request, self.conn
+        target = request.url.raw_path  # path and query, as bytes
+        head = h11.Request(method=request.method, target=target, headers=request.headers.raw)
+        await self._send(conn.send(head))
+        async for chunk in request.stream:  # type: ignore[union-attr]
+            if chunk:
+                await self._send(conn.send(h11.Data(data=chunk)))
+        await self._send(conn.send(h11.EndOfMessage()))
+        try:
+            await self.stream.close()
+        except (kwik.KwikError, OSError) as exc:
+            raise httpx.WriteError(f"kwik: {exc}", request=self.request) from exc
+
+    async def _send(self, data: bytes | None) -> None:
+        if not data:
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.stream.write(data)
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout(
+                f"the stream stayed full for {self.write_timeout} s", request=self.request
+            ) from exc
+        except (kwik.KwikError, OSError) as exc:
+            raise httpx.WriteError(f"kwik: {exc}", request=self.request) from exc
+
+    # --- the response ---------------------------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        """The next bytes of the response. While the request is still being written a slow
+        answer is normal (the server may read the whole body first), so only the writer's own
+        timeouts apply then; afterwards each read waits at most the read timeout."""
+        if self.reading is None:
+            self.reading = asyncio.ensure_future(self.stream.read(READ_SIZE))
+        reading = self.reading
         writer = self.writer
-        if writer is None or writer.done():
-            if writer is not None and not writer.cancelled() and writer.exception() is not None:
-                raise writer.exception()  # type: ignore[misc]
-            async with asyncio.timeout(self.timeout):
-                return await self.stream.read(CHUNK_SIZE)
-        # the request is still being written: a read may legitimately wait for all of it
-        reading = asyncio.ensure_future(self.stream.read(CHUNK_SIZE))
+        while writer is not None and not writer.done():
+            waiting: set[asyncio.Future[Any]] = {reading, writer}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                break
+        if writer is not None and writer.done() and not writer.cancelled():
+            if (failure := writer.exception()) is not None and not reading.done():
+                raise failure
         try:
-            while True:
-                sent = self.sent
-                waiting: set[asyncio.Future[Any]] = {reading}
-                if not writer.done():
-                    waiting.add(writer)
-                done, _ = await asyncio.wait(
-                    waiting, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if reading in done:
-                    return reading.result()
-                if writer in done:
-                    if not writer.cancelled() and writer.exception() is not None:
-                        raise writer.exception()  # type: ignore[misc]
-                    continue  # the request is out: only the read is left
-                if writer.done() or self.sent == sent:
-                    raise TimeoutError(f"no progress for {self.timeout} s")
-        finally:
-            if not reading.done():
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
+            async with asyncio.timeout(self.read_timeout):
+                data = await asyncio.shield(reading)
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(
+                f"nothing received for {self.read_timeout} s", request=self.request
+            ) from exc
+        except (kwik.KwikError, OSError) as exc:
+            self.reading = None
+            raise httpx.RemoteProtocolError(
+                f"the response was cut short: {exc}", request=self.request
+            ) from exc
+        self.reading = None
+        return data
 
-    async def event(self) -> Any:
-        try:
-            return await next_event(self.conn, self.receive)
-        except h11.RemoteProtocolError as exc:
-            raise InvalidResponseError(f"invalid response: {exc}") from exc
+    async def _event(self) -> Any:
+        while True:
+            try:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    self.conn.receive_data(await self._read())
+                    continue
+            except h11.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(
+                    f"invalid response: {exc}", request=self.request
+                ) from exc
+            return event
 
     async def read_head(self) -> h11.Response:
         while True:
-            event = await self.event()
+            event = await self._event()
             if isinstance(event, h11.Response):
                 return event
             if not isinstance(event, h11.InformationalResponse):  # 100 Continue: skip
-                raise InvalidResponseError(f"unexpected {event!r} before the response")
+                raise httpx.RemoteProtocolError(
+                    f"unexpected {type(event).__name__} before the response", request=self.request
+                )
 
     async def body(self) -> AsyncIterator[bytes]:
         while not self.complete:
-            event = await self.event()
+            event = await self._event()
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self.complete = True
             else:
-                raise InvalidResponseError(f"unexpected {event!r} in the response body")
+                raise httpx.RemoteProtocolError(
+                    f"unexpected {type(event).__name__} in the response body",
+                    request=self.request,
+                )
 
-    async def finish(self) -> bool:
-        """Stop the request writer if it still runs, finish our side of the stream, and read
-        the peer's FIN when the response was complete. Returns True when the stream is fully
-        done, False when the response was abandoned (the caller must drain it)."""
+    async def close(self) -> None:
+        """End the exchange: stop the request writer if it still runs (the response is all
+        there is to wait for), finish our side, and collect the server's FIN. An abandoned
+        response is drained in the background (kwik cannot reset a stream), so that unread
+        bytes never hold the session's flow control."""
+        if self.closed:
+            return
+        self.closed = True
         writer = self.writer
         if writer is not None:
             if not writer.done():
                 writer.cancel()
-            # also retrieves a failure nobody saw (the response was complete before it)
             await asyncio.gather(writer, return_exceptions=True)
-        with contextlib.suppress(kwik.KwikError):
+        with contextlib.suppress(kwik.KwikError, OSError):
             await self.stream.close()
-        if not self.complete:
-            return False
-        with contextlib.suppress(kwik.KwikError, TimeoutError):
-            async with asyncio.timeout(self.timeout):
-                while await self.stream.read(CHUNK_SIZE):
-                    pass  # nothing is expected after the response: ignore it
-        return True
+        self.transport._spawn(self._drain(), f"drain-{self.stream.stream_id}")
 
-    async def drain(self) -> None:
-        """Read and discard the rest of an abandoned response, so that the stream's unread
-        data never stalls the session (kwik has no way to cancel a stream)."""
-        with contextlib.suppress(kwik.KwikError, TimeoutError):
-            while True:
-                async with asyncio.timeout(self.timeout):
-                    if not await self.stream.read(CHUNK_SIZE):
-                        return
+    async def _drain(self) -> None:
+        with contextlib.suppress(kwik.KwikError, OSError, TimeoutError):
+            async with asyncio.timeout(FIN_TIMEOUT if self.complete else 60.0):
+                if self.reading is not None:
+                    await self.reading
+                while await self.stream.read(READ_SIZE):
+                    pass
 
 
-class StreamedResponse:
-    """A response whose body is read as it arrives (see :meth:`Client.stream`)."""
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body as httpx reads it; closing it ends the exchange."""
 
-    def __init__(self, head: h11.Response, exchange: _Exchange) -> None:
-        self.status: int = head.status_code
-        self.reason: str = head.reason.decode("latin-1")
-        self.http_version: str = head.http_version.decode("ascii")
-        self.headers: tuple[tuple[str, str], ...] = decode_headers(head.headers)
+    def __init__(self, exchange: _Exchange) -> None:
         self._exchange = exchange
-        self._consumed = False
 
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """The first header called ``name`` (case-insensitive), or ``default``."""
-        value = header_value(self.headers, name)
-        return default if value is None else value
-
-    @property
-    def content_length(self) -> int | None:
-        """``Content-Length`` as an int, None when absent."""
-        value = self.header("content-length")
-        return int(value) if value is not None else None
-
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk as it arrives. Can be consumed once.
-
-        Raises:
-            InvalidResponseError: the stream ended before the body did.
-            TimeoutError: nothing arrived for the client's ``timeout``.
-            kwik.SessionClosedError: the session closed.
-        """
-        if self._consumed:
-            raise RuntimeError("the body was already read")
-        self._consumed = True
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._exchange.body():
             yield chunk
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        return b"".join([chunk async for chunk in self.iter_bytes()])
-
-    async def complete(self) -> Response:
-        """Read the body and return the complete :class:`Response`."""
-        body = await self.read()
-        return Response(self.status, self.reason, self.headers, body, self.http_version)
+    async def aclose(self) -> None:
+        await self._exchange.close()
 
 
-class Client:
-    """HTTP/1.1 client over one kwik session to ``address`` ("host:port").
+class KwikTransport(httpx.AsyncBaseTransport):
+    """An httpx transport sending every request on its own stream of one kwik session.
 
-    The session is dialed on first use (or by :meth:`connect`) and re-dialed when it has closed.
-    Every request gets its own stream; any number may run concurrently. ``timeout`` bounds each
-    wait for the server (opening a stream, each read), not a whole transfer. Targets are paths
-    (``/a?b``) or URLs whose address is this client's.
+    The session to ``address`` ("host:port") is dialed with the first request, reused by the
+    next ones (concurrently as well), and dialed again when it has closed. Timeouts come from
+    httpx: ``connect`` bounds dialing and opening a stream, ``write`` each write of the request,
+    ``read`` each wait for the response once the request is out.
 
-    Methods returning a :class:`Response` do not raise for error statuses (use
-    :meth:`Response.raise_for_status`); the JSON helpers and :meth:`download` do.
+    Errors are httpx's: :class:`httpx.ConnectError` (cannot dial, certificate refused),
+    :class:`httpx.ConnectTimeout`, :class:`httpx.WriteError` / :class:`httpx.WriteTimeout`,
+    :class:`httpx.ReadTimeout`, :class:`httpx.RemoteProtocolError` (not HTTP/1.1, or the
+    response cut short, e.g. by the session closing).
     """
 
     def __init__(
         self,
         address: str,
         tls_config: kwik.TLSConfig | None = None,
-        *,
         config: kwik.Config | None = None,
-        timeout: float = 30.0,
-        headers: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.address = address
         self.tls_config = tls_config
         self.config = config
-        self.timeout = timeout
-        self.headers = list(headers)
         self._session: kwik.Session | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    # --- session --------------------------------------------------------------------------------
+    @property
+    def session(self) -> kwik.Session | None:
+        """The current session (None before the first request)."""
+        return self._session
 
-    async def connect(self) -> kwik.Session:
-        """The live session, dialed now if there is none or it closed.
-
-        Raises:
-            kwik.HandshakeError, kwik.HandshakeTimeoutError: as :func:`kwik.dial_addr`.
-            RuntimeError: the client is closed.
-        """
+    async def _connect(self, request: httpx.Request) -> kwik.Session:
         async with self._lock:
             if self._closed:
-                raise RuntimeError("the client is closed")
+                raise RuntimeError("the transport is closed")
             session = self._session
-            if session is None or session.is_closed:
-                if session is not None:
-                    LOGGER.info("session to %s closed, dialing again", self.address)
-                    await session.close()  # releases what is left of the old one
-                session = await kwik.dial_addr(self.address, self.tls_config, self.config)
-                self._session = session
+            if session is not None and not session.is_closed:
+                return session
+            if session is not None:
+                LOGGER.info("session to %s closed, dialing again", self.address)
+                with contextlib.suppress(kwik.KwikError, OSError):
+                    await session.close()
+            try:
+                async with asyncio.timeout(_timeouts(request).get("connect")):
+                    session = await kwik.dial_addr(self.address, self.tls_config, self.config)
+            except TimeoutError as exc:  # kwik.HandshakeTimeoutError is one too
+                raise httpx.ConnectTimeout(
+                    f"no kwik session with {self.address}: {exc or 'timed out'}", request=request
+                ) from exc
+            except (kwik.KwikError, OSError) as exc:
+                raise httpx.ConnectError(
+                    f"no kwik session with {self.address}: {exc}", request=request
+                ) from exc
+            self._session = session
             return session
 
-    async def _open_stream(self) -> kwik.Stream:
-        session = await self.connect()
-        try:
-            return await session.open_stream_sync()
-        except kwik.SessionClosedError:
-            # closed under us, before any byte of this request was sent: one fresh try
-            session = await self.connect()
-            return await session.open_stream_sync()
-        except TimeoutError:
-            # the peer did not even confirm a stream: the session is useless, start over
-            LOGGER.warning("%s did not confirm a new stream; dropping the session", self.address)
-            await session.abort("stream open timed out")
-            raise
+    async def _open_stream(self, request: httpx.Request) -> kwik.Stream:
+        for attempt in (1, 2):
+            session = await self._connect(request)
+            try:
+                async with asyncio.timeout(_timeouts(request).get("connect")):
+                    return await session.open_stream_sync()
+            except kwik.SessionClosedError as exc:
+                # closed under us before any byte of the request went out: one fresh try
+                if attempt == 2:
+                    raise httpx.ConnectError(
+                        f"kwik session closed: {exc}", request=request
+                    ) from exc
+            except TimeoutError as exc:
+                # the server did not even confirm a stream: the session is useless
+                LOGGER.warning(
+                    "%s did not confirm a new stream; dropping the session", self.address
+                )
+                with contextlib.suppress(kwik.KwikError, OSError):
+                    await session.close()
+                raise httpx.ConnectTimeout("no stream confirmed in time", request=request) from exc
+        raise AssertionError("unreachable")
 
-    async def close(self) -> None:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        stream = await self._open_stream(request)
+        exchange = _Exchange(self, stream, request)
+        exchange.writer = asyncio.ensure_future(exchange.write_request())
+        try:
+            head = await exchange.read_head()
+        except BaseException:
+            await exchange.close()
+            raise
+        return httpx.Response(
+            status_code=head.status_code,
+            headers=list(head.headers),
+            stream=_ResponseStream(exchange),
+            extensions={
+                "http_version": b"HTTP/" + head.http_version,
+                "reason_phrase": head.reason,
+                "kwik_stream_id": stream.stream_id,
+            },
+        )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"kwik-httpx-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
         """Stop background drains and close the session. Idempotent."""
         self._closed = True
         tasks = list(self._tasks)
@@ -347,405 +333,45 @@ class Client:
         async with self._lock:
             session, self._session = self._session, None
         if session is not None:
-            await session.close()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    # --- requests -------------------------------------------------------------------------------
-
-    def _target(self, target: str) -> str:
-        address, path = split_url(target)
-        if address is not None and address != self.address:
-            raise ValueError(f"{target!r} is not on {self.address}")
-        return path
-
-    def _request_headers(
-        self,
-        method: str,
-        headers: Iterable[tuple[str, str]] | Mapping[str, str] | None,
-        content: Content | None,
-        content_length: int | None,
-    ) -> list[tuple[str, str]]:
-        items = list(headers.items() if isinstance(headers, Mapping) else headers or ())
-        given = {name.lower() for name, _ in items}
-        merged = [(n, v) for n, v in self.headers if n.lower() not in given] + items
-        merged = [(n, v) for n, v in merged if n.lower() not in _FRAMING]
-        names = {name.lower() for name, _ in merged}
-        if "host" not in names:
-            merged.insert(0, ("host", self.address))
-        if "user-agent" not in names:
-            merged.append(("user-agent", USER_AGENT))
-        if isinstance(content, bytes | bytearray | memoryview):
-            merged.append(("content-length", str(len(content))))
-        elif content is not None:
-            if content_length is not None:
-                merged.append(("content-length", str(content_length)))
-            else:
-                merged.append(("transfer-encoding", "chunked"))
-        elif method in ("POST", "PUT", "PATCH"):
-            merged.append(("content-length", "0"))
-        return merged
-
-    @staticmethod
-    async def _write_request(
-        exchange: _Exchange,
-        request: h11.Request,
-        content: Content | None,
-        total: int | None,
-        progress: Progress | None,
-    ) -> None:
-        """Write the request on the exchange's stream, then finish the stream (FIN)."""
-        stream, conn = exchange.stream, exchange.conn
-        done = 0
-
-        async def send(event: h11.Event, *, body: int = 0) -> None:
-            nonlocal done
-            data = conn.send(event)
-            assert data is not None
-            await stream.write(data)
-            exchange.sent += len(data)
-            if body:
-                done += body
-                if progress is not None:
-                    progress(done, total)
-
-        await send(request)
-        if isinstance(content, bytes | bytearray | memoryview):
-            view = memoryview(content)
-            step = CHUNK_SIZE * 4
-            for start in range(0, len(view), step):
-                piece = bytes(view[start : start + step])
-                await send(h11.Data(data=piece), body=len(piece))
-        elif content is not None:
-            iterator = aiter(content)
-            try:
-                async for chunk in iterator:
-                    if chunk:
-                        await send(h11.Data(data=chunk), body=len(chunk))
-            finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-        await send(h11.EndOfMessage())
-        if progress is not None:
-            progress(done, total)
-        await stream.close()
-
-    @contextlib.asynccontextmanager
-    async def stream(
-        self,
-        method: str,
-        target: str,
-        *,
-        headers: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
-        content: Content | None = None,
-        content_length: int | None = None,
-        upload_progress: Progress | None = None,
-    ) -> AsyncIterator[StreamedResponse]:
-        """Send a request and yield the response once its head arrived; read the body from it.
-
-        ``content`` is the body: bytes (sent with ``Content-Length``) or an async iterable of
-        chunks (sent with ``Content-Length: content_length`` when given, else chunked). The
-        request body is written concurrently with reading the response. Framing headers in
-        ``headers`` are ignored: the client sets them. ``Host`` defaults to the address.
-
-        Leaving the block before the body was read is fine: the rest is discarded in the
-        background.
-
-        Raises:
-            InvalidResponseError: the answer is not HTTP/1.1.
-            TimeoutError: the server was silent for ``timeout`` seconds.
-            kwik.KwikError: dialing failed, or the session closed.
-            ValueError: ``target`` is on another address.
-        """
-        method = method.upper()
-        path = self._target(target)
-        request_headers = self._request_headers(method, headers, content, content_length)
-        request = h11.Request(method=method, target=path, headers=request_headers)
-        total = len(content) if isinstance(content, bytes | bytearray | memoryview) else None
-        total = total if total is not None else content_length
-        stream = await self._open_stream()
-        conn = h11.Connection(h11.CLIENT)
-        exchange = _Exchange(stream, conn, self.timeout)
-        writer = asyncio.ensure_future(
-            self._write_request(exchange, request, content, total, upload_progress)
-        )
-        writer.set_name(f"kwik-http-client-write-{stream.stream_id}")
-        exchange.writer = writer
-        try:
-            head = await exchange.read_head()
-            yield StreamedResponse(head, exchange)
-        finally:
-            finished = await exchange.finish()
-            if not finished and not stream.session.is_closed:
-                self._spawn(exchange.drain(), f"drain-{stream.stream_id}")
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"kwik-http-client-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        *,
-        headers: Iterable[tuple[str, str]] | Mapping[str, str] | None = None,
-        content: Content | None = None,
-        content_length: int | None = None,
-        json: Any = None,
-    ) -> Response:
-        """Send a request and return the complete response (whatever its status).
-
-        ``json`` (if not None) is serialized as the body with ``Content-Type:
-        application/json``. Raises as :meth:`stream`.
-        """
-        if json is not None:
-            content = _json_bytes(json)
-            headers = [*_header_items(headers), ("content-type", "application/json")]
-        async with self.stream(
-            method, target, headers=headers, content=content, content_length=content_length
-        ) as response:
-            return await response.complete()
-
-    async def get(self, target: str, **kwargs: Any) -> Response:
-        """``GET``; keyword arguments as :meth:`request`."""
-        return await self.request("GET", target, **kwargs)
-
-    async def head(self, target: str, **kwargs: Any) -> Response:
-        """``HEAD``: the response has the headers of a GET, and no body."""
-        return await self.request("HEAD", target, **kwargs)
-
-    async def post(self, target: str, content: Content | None = None, **kwargs: Any) -> Response:
-        """``POST`` ``content``."""
-        return await self.request("POST", target, content=content, **kwargs)
-
-    async def put(self, target: str, content: Content | None = None, **kwargs: Any) -> Response:
-        """``PUT`` ``content``."""
-        return await self.request("PUT", target, content=content, **kwargs)
-
-    async def delete(self, target: str, **kwargs: Any) -> Response:
-        """``DELETE``."""
-        return await self.request("DELETE", target, **kwargs)
-
-    # --- JSON helpers ---------------------------------------------------------------------------
-
-    async def request_json(self, method: str, target: str, data: Any = None) -> Any:
-        """Send ``data`` as JSON (if not None), return the decoded JSON answer (None for an empty
-        body).
-
-        Raises:
-            HTTPStatusError: the status is 400 or more.
-            ValueError: the answer is not JSON.
-        """
-        response = await self.request(
-            method, target, json=data, headers=[("accept", "application/json")]
-        )
-        response.raise_for_status()
-        return response.json() if response.body else None
-
-    async def get_json(self, target: str) -> Any:
-        """``GET`` and decode JSON (see :meth:`request_json`)."""
-        return await self.request_json("GET", target)
-
-    async def post_json(self, target: str, data: Any) -> Any:
-        """``POST`` ``data`` as JSON and decode the JSON answer."""
-        return await self.request_json("POST", target, data)
-
-    async def put_json(self, target: str, data: Any) -> Any:
-        """``PUT`` ``data`` as JSON and decode the JSON answer."""
-        return await self.request_json("PUT", target, data)
-
-    # --- files ----------------------------------------------------------------------------------
-
-    async def download(
-        self, target: str, path: str | os.PathLike[str], *, progress: Progress | None = None
-    ) -> Response:
-        """``GET`` ``target`` into the file ``path``, streamed (never held in memory).
-
-        The file is written as ``path.part`` and renamed when complete, so ``path`` never holds
-        a partial download. Returns the response with an empty body.
-
-        Raises:
-            HTTPStatusError: the status is 400 or more (no file is written).
-            and as :meth:`stream`.
-        """
-        destination = Path(path)
-        partial = destination.with_name(destination.name + ".part")
-        async with self.stream("GET", target) as response:
-            if response.status >= 400:
-                raise HTTPStatusError(await response.complete())
-            total = response.content_length
-            done = 0
-            file = await asyncio.to_thread(partial.open, "wb")
-            try:
-                try:
-                    async for chunk in response.iter_bytes():
-                        await asyncio.to_thread(file.write, chunk)
-                        done += len(chunk)
-                        if progress is not None:
-                            progress(done, total)
-                finally:
-                    file.close()
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            if progress is not None:
-                progress(done, total)
-            partial.replace(destination)
-            return Response(
-                response.status, response.reason, response.headers, b"", response.http_version
-            )
-
-    async def upload(
-        self,
-        path: str | os.PathLike[str],
-        target: str,
-        *,
-        method: str = "PUT",
-        content_type: str = "application/octet-stream",
-        progress: Progress | None = None,
-    ) -> Response:
-        """Send the file ``path`` as the body of ``method`` ``target``, streamed with its
-        ``Content-Length``. Returns the complete response (whatever its status).
-
-        Raises:
-            OSError: the file cannot be read.
-            and as :meth:`stream`.
-        """
-        source = Path(path)
-        size = (await asyncio.to_thread(source.stat)).st_size
-        async with self.stream(
-            method,
-            target,
-            headers=[("content-type", content_type)],
-            content=_file_chunks(source, size),
-            content_length=size,
-            upload_progress=progress,
-        ) as response:
-            return await response.complete()
-
-
-async def _file_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
-    """Exactly ``size`` bytes of ``path`` (fails if the file shrank meanwhile)."""
-    file = await asyncio.to_thread(path.open, "rb")
-    try:
-        left = size
-        while left > 0:
-            chunk = await asyncio.to_thread(file.read, min(CHUNK_SIZE * 4, left))
-            if not chunk:
-                raise OSError(f"{path} shrank while it was being sent")
-            left -= len(chunk)
-            yield chunk
-    finally:
-        file.close()
-
-
-def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data).encode()
-
-
-def _header_items(
-    headers: Iterable[tuple[str, str]] | Mapping[str, str] | None,
-) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    return list(headers.items() if isinstance(headers, Mapping) else headers)
+            with contextlib.suppress(kwik.KwikError, OSError):
+                await session.close()
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
-def _add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """The options every command takes. They are accepted before the command (with their
-    defaults) and after it (``suppress``: then they only override what was given before)."""
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    parser.add_argument("--ca", metavar="FILE", default=default(None), help="trust this PEM")
-    parser.add_argument(
-        "-k",
-        "--insecure",
-        action="store_true",
-        default=default(False),
-        help="do not verify the server's certificate",
-    )
-    parser.add_argument(
-        "--server-name", default=default(None), help="name to verify (default: the URL's host)"
-    )
-    parser.add_argument(
-        "-H",
-        "--header",
-        action="append",
-        default=default([]),
-        metavar="'NAME: VALUE'",
-        help="add a request header",
-    )
-    parser.add_argument(
-        "-i",
-        "--include",
-        action="store_true",
-        default=default(False),
-        help="print the status line and headers",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=default(30.0), help="seconds of silence allowed"
-    )
-    parser.add_argument(
-        "--progress",
-        action="store_true",
-        default=default(False),
-        help="progress bar even when stderr is not a terminal",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=default(0))
-
-
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    _add_common_options(common, suppress=True)
-
-    def body_options(sub: argparse.ArgumentParser) -> None:
-        group = sub.add_mutually_exclusive_group()
-        group.add_argument("-d", "--data", help="body text")
-        group.add_argument("--data-file", metavar="FILE", help="body from FILE")
-        group.add_argument("--json", metavar="JSON", help="JSON body (sets Content-Type)")
-        sub.add_argument("--content-type", help="Content-Type of the body")
-
     parser = argparse.ArgumentParser(
-        prog="python -m examples.http.client", description="HTTP/1.1 over kwik."
+        prog="python -m examples.http.client",
+        description="HTTP/1.1 over kwik with httpx (curl-like).",
     )
-    _add_common_options(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("get", "head", "delete"):
-        sub = commands.add_parser(name, parents=[common], help=f"{name.upper()} URL")
-        sub.add_argument("url")
-    for name in ("post", "put"):
-        sub = commands.add_parser(name, parents=[common], help=f"{name.upper()} URL with a body")
-        sub.add_argument("url")
-        body_options(sub)
-    sub = commands.add_parser("get-json", parents=[common], help="GET URL, print JSON")
-    sub.add_argument("url")
-    for name in ("post-json", "put-json"):
-        sub = commands.add_parser(name, parents=[common], help="send JSON, print JSON")
-        sub.add_argument("url")
-        sub.add_argument("data", help="a JSON document")
-    sub = commands.add_parser("download", parents=[common], help="GET URL into FILE")
-    sub.add_argument("url")
-    sub.add_argument("file")
-    sub = commands.add_parser("upload", parents=[common], help="send FILE to URL")
-    sub.add_argument("file")
-    sub.add_argument("url")
-    sub.add_argument("--method", default="PUT", choices=("PUT", "POST"))
+    parser.add_argument("url", help="kwik://host:port/path (or host:port/path)")
+    parser.add_argument("-X", "--request", dest="method", help="method (default GET, or POST/PUT)")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    body = parser.add_mutually_exclusive_group()
+    body.add_argument("-d", "--data", help="request body text (POST)")
+    body.add_argument("--json", metavar="JSON", help="JSON request body (POST)")
+    body.add_argument(
+        "-T", "--upload-file", metavar="FILE", help="send FILE, streamed (PUT), progress bar"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the body to FILE, progress bar"
+    )
+    parser.add_argument("-i", "--include", action="store_true", help="print the response head")
+    parser.add_argument("--ca", metavar="FILE", help="trust this PEM certificate")
+    parser.add_argument(
+        "-k", "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    parser.add_argument("--server-name", help="name to verify (default: the URL's host)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds of silence allowed")
+    parser.add_argument(
+        "--progress", action="store_true", help="progress bar even when stderr is not a terminal"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
 
-def _parse_headers(values: list[str]) -> list[tuple[str, str]]:
+def _headers(values: list[str]) -> list[tuple[str, str]]:
     headers = []
     for value in values:
         name, sep, rest = value.partition(":")
@@ -755,10 +381,24 @@ def _parse_headers(values: list[str]) -> list[tuple[str, str]]:
     return headers
 
 
-def _print_head(response: Response, out: Any) -> None:
-    out.write(f"HTTP/{response.http_version} {response.status} {response.reason}\r\n".encode())
-    for name, value in response.headers:
-        out.write(f"{name}: {value}\r\n".encode("latin-1"))
+async def _file_chunks(path: Path, progress: Callable[[int], None]) -> AsyncIterator[bytes]:
+    file = await asyncio.to_thread(path.open, "rb")
+    try:
+        done = 0
+        while chunk := await asyncio.to_thread(file.read, READ_SIZE):
+            done += len(chunk)
+            progress(done)
+            yield chunk
+    finally:
+        file.close()
+
+
+def _print_head(response: httpx.Response, out: Any) -> None:
+    out.write(
+        f"{response.http_version} {response.status_code} {response.reason_phrase}\r\n".encode()
+    )
+    for name, value in response.headers.raw:
+        out.write(name + b": " + value + b"\r\n")
     out.write(b"\r\n")
 
 
@@ -767,56 +407,74 @@ async def _run(args: argparse.Namespace) -> int:
     if address is None:
         raise ValueError(f"the URL needs a host: {args.url!r}")
     tls = client_tls_config(args.ca, insecure=args.insecure, server_name=args.server_name)
-    headers = _parse_headers(args.header)
-    out = sys.stdout.buffer
+    headers = _headers(args.header)
     show_progress = True if args.progress else None
-    async with Client(address, tls, timeout=args.timeout, headers=headers) as client:
-        command = args.command
-        if command in ("get-json", "post-json", "put-json"):
-            data = json.loads(args.data) if command != "get-json" else None
-            method = command.split("-")[0].upper()
-            result = await client.request_json(method, target, data)
-            out.write(json.dumps(result, indent=2).encode() + b"\n")
-            return 0
-        if command == "download":
-            bar = ProgressBar(Path(args.file).name, enabled=show_progress)
-            try:
-                response = await client.download(target, args.file, progress=bar)
-            finally:
-                bar.finish()
+    out = sys.stdout.buffer
+    content: Any = None
+    method = args.method
+    upload_bar: ProgressBar | None = None
+    if args.upload_file is not None:
+        source = Path(args.upload_file)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        upload_bar = ProgressBar(source.name, enabled=show_progress)
+        bar = upload_bar
+        content = _file_chunks(source, lambda done: bar(done, size))
+        headers.append(("content-length", str(size)))
+        method = method or "PUT"
+    elif args.json is not None:
+        content = json.dumps(json.loads(args.json)).encode()
+        headers.append(("content-type", "application/json"))
+    elif args.data is not None:
+        content = args.data.encode()
+    method = (method or ("POST" if content is not None else "GET")).upper()
+
+    transport = KwikTransport(address, tls)
+    timeout = httpx.Timeout(args.timeout)
+    base_url = f"https://{address}"
+    async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=timeout) as client:
+        request = client.build_request(method, target, headers=headers, content=content)
+        try:
+            response = await client.send(request, stream=True)
+        finally:
+            if upload_bar is not None:
+                upload_bar.finish()
+        try:
             if args.include:
                 _print_head(response, out)
-            return 0
-        if command == "upload":
-            bar = ProgressBar(Path(args.file).name, enabled=show_progress)
-            try:
-                response = await client.upload(args.file, target, method=args.method, progress=bar)
-            finally:
-                bar.finish()
-        else:
-            content: bytes | None = None
-            request_headers: list[tuple[str, str]] = []
-            if command in ("post", "put"):
-                if args.json is not None:
-                    content = json.dumps(json.loads(args.json)).encode()
-                    request_headers.append(("content-type", "application/json"))
-                elif args.data_file is not None:
-                    content = await asyncio.to_thread(Path(args.data_file).read_bytes)
-                else:
-                    content = (args.data or "").encode()
-                if args.content_type:
-                    request_headers = [("content-type", args.content_type)]
-            response = await client.request(
-                command.upper(), target, headers=request_headers, content=content
-            )
-        if args.include:
-            _print_head(response, out)
-        out.write(response.body)
-        out.flush()
-        if not response.ok:
-            print(f"error: {response.status} {response.reason}", file=sys.stderr)
-            return 1
-        return 0
+            if args.output is not None and response.is_success:
+                await _download(response, Path(args.output), show_progress)
+            else:
+                async for chunk in response.aiter_raw():
+                    out.write(chunk)
+            out.flush()
+        finally:
+            await response.aclose()
+    if response.is_error:
+        print(f"error: {response.status_code} {response.reason_phrase}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _download(response: httpx.Response, path: Path, show_progress: bool | None) -> None:
+    """The body into ``path`` (via ``path.part``, renamed when complete), with a progress bar."""
+    total = (
+        int(response.headers["content-length"]) if "content-length" in response.headers else None
+    )
+    bar = ProgressBar(path.name, enabled=show_progress)
+    partial = path.with_name(path.name + ".part")
+    file = await asyncio.to_thread(partial.open, "wb")
+    try:
+        try:
+            async for chunk in response.aiter_raw():
+                await asyncio.to_thread(file.write, chunk)
+                bar(response.num_bytes_downloaded, total)
+        finally:
+            file.close()
+            bar.finish()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -829,13 +487,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
     try:
         return asyncio.run(_run(args))
-    except HTTPStatusError as exc:
+    except httpx.TransportError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError, TimeoutError, kwik.KwikError, h11.LocalProtocolError) as exc:
-        # OSError covers ConnectionError: SessionClosedError, HandshakeError, bad responses
-        print(f"error: {exc or type(exc).__name__}", file=sys.stderr)
-        return 3 if isinstance(exc, ConnectionError | TimeoutError | kwik.KwikError) else 2
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""A plain TCP HTTP/1.1 endpoint in front of a kwik HTTP server.
+"""A TCP gateway in front of a kwik HTTP server: uvicorn serving a small ASGI proxy.
 
-curl, browsers and ``urllib`` speak HTTP over TCP; the gateway accepts them
-(:func:`asyncio.start_server`, h11 on the TCP side, keep-alive included) and forwards each
-request on a new stream of ONE shared kwik session to the upstream kwik HTTP server (the session
-is dialed on first use and again whenever it has closed). Bodies are streamed both ways.
-Hop-by-hop headers are not forwarded; ``X-Forwarded-For`` and ``Via`` are added. An upstream
-that cannot be reached gives 502, one that is silent too long 504::
+curl and browsers speak HTTP over TCP. uvicorn accepts them and hands every request to
+:class:`ProxyApp`, which forwards it through one :class:`~examples.http.client.KwikTransport`
+(so over one kwik session) and streams both bodies through, never holding a whole one.
+Hop-by-hop headers stay on their hop; ``X-Forwarded-For``, ``X-Forwarded-Proto`` and ``Via``
+are added (a server run with ``--forwarded-allow-ips`` turns them back into the real client
+and scheme). An upstream that cannot be reached gives 502, one that is silent too long 504::
 
-    python -m examples.http.gateway --listen 127.0.0.1:8080 --upstream 127.0.0.1:4433 --ca cert.pem
+    python -m examples.http.gateway --upstream 127.0.0.1:4433 --ca cert.pem --listen 127.0.0.1:8080
     curl http://127.0.0.1:8080/api/health
 """
 
@@ -16,44 +16,181 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 
-import h11
+import httpx
+import uvicorn
 
 import kwik
 
-from ._util import (
-    CHUNK_SIZE,
-    DEFAULT_MAX_HEAD,
-    LOGGER,
-    client_tls_config,
-    decode_headers,
-    header_value,
-    next_event,
-    reason_phrase,
-    run_cli,
-    strip_hop_by_hop,
-)
-from .client import Client, InvalidResponseError
+from ._util import LOGGER, client_tls_config, run_cli, strip_hop_by_hop
+from .client import KwikTransport
+from .server import Message, Receive, Scope, Send
 
-__all__ = ["Gateway", "main"]
+__all__ = ["Gateway", "ProxyApp", "main"]
 
-VIA = "1.1 kwik-gateway"
+VIA = b"1.1 kwik-gateway"
 
 
-class _ResponseStarted(Exception):
-    """The upstream failed after the response head was sent: only closing the TCP connection
-    can tell the client."""
+class _Disconnected(Exception):
+    """The TCP client went away while its request body was being forwarded."""
+
+
+class ProxyApp:
+    """An ASGI application forwarding every HTTP request through ``transport``.
+
+    ``timeout`` is httpx's (connect, read and write bounds on the kwik side). WebSocket scopes
+    are refused (HTTP/1.1 over kwik has no upgrade).
+    """
+
+    def __init__(self, transport: KwikTransport, timeout: float = 30.0) -> None:
+        self.transport = transport
+        self.timeout = httpx.Timeout(timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise RuntimeError(f"the gateway serves HTTP only, not {scope['type']}")
+        has_body = self._has_body(scope)
+        body_read = asyncio.Event()  # the client's request body was forwarded whole
+        if not has_body:
+            body_read.set()
+        request = httpx.Request(
+            scope["method"],
+            self._url(scope),
+            headers=self._forward_headers(scope),
+            content=self._request_body(receive, body_read) if has_body else None,
+            extensions={"timeout": self.timeout.as_dict()},
+        )
+        try:
+            response = await self.transport.handle_async_request(request)
+        except httpx.TimeoutException as exc:
+            await self._error(send, 504, f"upstream timed out: {exc}")
+            return
+        except (httpx.TransportError, _Disconnected) as exc:
+            await self._error(send, 502, f"upstream failed: {exc}")
+            return
+        # uvicorn (ASGI 2.3) reports a client that went away only through receive(), once the
+        # request body is read: watch it, so that a download nobody reads is not pulled on
+        gone: asyncio.Task[None] | None = None
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [*strip_hop_by_hop(response.headers.raw), (b"via", VIA)],
+                }
+            )
+            # a failure from here on can only be told by closing the connection: uvicorn does
+            # that when the application raises after starting its response
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                if gone is None and body_read.is_set():
+                    gone = asyncio.ensure_future(self._disconnect(receive))
+                if gone is not None and gone.done():
+                    LOGGER.info("gateway: the client left during the response")
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if gone is not None:
+                gone.cancel()
+            await response.aclose()
+
+    @staticmethod
+    def _has_body(scope: Scope) -> bool:
+        names = {name.lower() for name, _ in scope["headers"]}
+        return b"content-length" in names or b"transfer-encoding" in names
+
+    @staticmethod
+    def _url(scope: Scope) -> httpx.URL:
+        path = scope.get("raw_path") or scope["path"].encode()
+        url = b"https://kwik" + path
+        if scope.get("query_string"):
+            url += b"?" + scope["query_string"]
+        return httpx.URL(url.decode("ascii"))
+
+    @staticmethod
+    def _forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+        headers = strip_hop_by_hop(scope["headers"])
+        client = scope.get("client")
+        if client:
+            forwarded = [v for k, v in headers if k.lower() == b"x-forwarded-for"]
+            chain = b", ".join([*forwarded, client[0].encode()])
+            headers = [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"]
+            headers.append((b"x-forwarded-for", chain))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        headers.append((b"via", VIA))
+        return headers
+
+    @staticmethod
+    async def _request_body(receive: Receive, done: asyncio.Event) -> AsyncIterator[bytes]:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected("the client went away")
+            body = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                done.set()
+                return
+
+    @staticmethod
+    async def _disconnect(receive: Receive) -> None:
+        """Return when the client has gone (what is left of a body unread is skipped)."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    @staticmethod
+    async def _error(send: Send, status: int, detail: str) -> None:
+        LOGGER.warning("gateway: %d %s", status, detail)
+        body = json.dumps({"status": status, "detail": detail}).encode() + b"\n"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"via", VIA),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.transport.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: the program embedding it decides when
+    to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Gateway:
-    """Forwards HTTP/1.1 from TCP clients to the kwik HTTP server at ``upstream``.
+    """uvicorn serving :class:`ProxyApp` to ``upstream`` (a kwik HTTP server), in the running
+    event loop.
 
-    ``timeout`` bounds each wait for the upstream (see :class:`~examples.http.client.Client`);
-    ``keep_alive_timeout`` how long an idle TCP connection is kept for its next request (and how
-    long a request head may take to arrive).
+    Args:
+        upstream: the kwik server's "host:port".
+        tls_config, config: for the kwik session (see :class:`KwikTransport`).
+        timeout: httpx timeout of each forwarded request.
     """
 
     def __init__(
@@ -63,23 +200,19 @@ class Gateway:
         *,
         config: kwik.Config | None = None,
         timeout: float = 30.0,
-        keep_alive_timeout: float = 60.0,
-        max_head_size: int = DEFAULT_MAX_HEAD,
     ) -> None:
         self.upstream = upstream
-        self.client = Client(upstream, tls_config, config=config, timeout=timeout)
-        self.keep_alive_timeout = keep_alive_timeout
-        self.max_head_size = max_head_size
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._closed = asyncio.Event()
+        self.transport = KwikTransport(upstream, tls_config, config)
+        self.app = ProxyApp(self.transport, timeout)
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def addr(self) -> str:
         """The TCP address ("host:port") being served; empty before :meth:`start`."""
-        if self._server is None or not self._server.sockets:
+        if self._server is None or not self._server.servers:
             return ""
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
@@ -88,35 +221,45 @@ class Gateway:
         return f"http://{self.addr}/"
 
     async def start(self, listen: str) -> None:
-        """Accept TCP connections on ``listen`` ("host:port"; port 0 picks one).
+        """Serve on ``listen`` ("host:port"; port 0 picks one) until :meth:`close`.
 
-        The kwik session is dialed lazily, with the first request. Raises ``OSError`` when the
-        address cannot be bound.
+        Raises:
+            RuntimeError: already started.
+            OSError: uvicorn could not start (e.g. the port is taken).
         """
         if self._server is not None:
             raise RuntimeError("gateway already started")
         host, _, port = listen.rpartition(":")
-        self._server = await asyncio.start_server(
-            self._handle_connection, host.strip("[]") or None, int(port)
+        config = uvicorn.Config(
+            self.app,
+            host=host.strip("[]") or "127.0.0.1",
+            port=int(port),
+            lifespan="on",
+            ws="none",
+            log_config=None,  # the embedding program configures logging
+            access_log=False,
+            server_header=False,
+            date_header=False,
         )
+        self._server = server = _Server(config)
+        self._task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if self._task.done():
+                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
+                    self._task.result()
+                raise OSError(f"the gateway could not listen on {listen}")
+            await asyncio.sleep(0.01)
         LOGGER.info("gateway %s -> kwik://%s", self.url, self.upstream)
 
-    async def serve_forever(self) -> None:
-        """Wait until :meth:`close` is called."""
-        await self._closed.wait()
-
     async def close(self) -> None:
-        """Stop listening, drop open TCP connections and close the kwik session. Idempotent."""
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-        await self.client.close()
-        self._closed.set()
+        """Stop uvicorn (open connections get a few seconds to finish) and close the kwik
+        session. Idempotent."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            self._server.config.timeout_graceful_shutdown = 5
+            with contextlib.suppress(Exception):
+                await self._task
+        await self.transport.aclose()
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -124,200 +267,16 @@ class Gateway:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # --- one TCP connection ---------------------------------------------------------------------
-
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        task.set_name("kwik-http-gateway-connection")
-        self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        peer_host = str(peer[0]) if peer else "unknown"
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
-
-        async def receive() -> bytes:
-            return await reader.read(CHUNK_SIZE)
-
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.keep_alive_timeout):
-                        event = await next_event(conn, receive)
-                except TimeoutError:
-                    break
-                except h11.RemoteProtocolError as exc:
-                    LOGGER.info("gateway: bad request from %s: %s", peer_host, exc)
-                    await self._send_error(conn, writer, exc.error_status_hint, str(exc))
-                    break
-                if not isinstance(event, h11.Request):
-                    break  # ConnectionClosed
-                await self._forward(conn, event, receive, writer, peer_host)
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                else:
-                    break  # Connection: close, HTTP/1.0, or a request body left unread
-        except _ResponseStarted:
-            pass
-        except (ConnectionError, OSError) as exc:
-            LOGGER.debug("gateway: connection from %s: %s", peer_host, exc)
-        except Exception:  # a bug, or an upstream response h11 refuses to relay
-            LOGGER.exception("gateway: connection from %s failed", peer_host)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
-
-    async def _send_error(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, detail: str
-    ) -> None:
-        """Answer ``status`` with a short text body, if a response can still be sent."""
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        body = f"{status} {reason_phrase(status)}: {detail}\n".encode()
-        headers = [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
-            ("via", VIA),
-        ]
-        out = conn.send(
-            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
-        )
-        out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-        writer.write(out)
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.drain()
-
-    async def _request_body(
-        self,
-        conn: h11.Connection,
-        receive: Callable[[], Awaitable[bytes]],
-        writer: asyncio.StreamWriter,
-    ) -> AsyncIterator[bytes]:
-        """The TCP client's request body, as it arrives (answers ``Expect: 100-continue``)."""
-        if conn.they_are_waiting_for_100_continue:
-            writer.write(
-                conn.send(h11.InformationalResponse(status_code=100, headers=[], reason="Continue"))
-            )
-            await writer.drain()
-        while True:
-            event = await next_event(conn, receive)
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise h11.RemoteProtocolError(f"unexpected {event!r} in a request body")
-
-    async def _forward(
-        self,
-        conn: h11.Connection,
-        request: h11.Request,
-        receive: Callable[[], Awaitable[bytes]],
-        writer: asyncio.StreamWriter,
-        peer_host: str,
-    ) -> None:
-        """Forward one request upstream and relay the response.
-
-        Raises:
-            _ResponseStarted: the upstream failed mid-response (the connection must close).
-            ConnectionError: the TCP client went away.
-        """
-        method = request.method.decode("ascii")
-        target = _origin_form(request.target.decode("latin-1"))
-        headers = decode_headers(request.headers)
-        length_header = header_value(headers, "content-length")
-        chunked = header_value(headers, "transfer-encoding") is not None
-        content_length = int(length_header) if length_header is not None else None
-        forwarded = strip_hop_by_hop(headers)
-        forwarded = [(k, v) for k, v in forwarded if k != "content-length"]
-        prior = header_value(forwarded, "x-forwarded-for")
-        forwarded = [(k, v) for k, v in forwarded if k not in ("x-forwarded-for", "via")]
-        forwarded.append(("x-forwarded-for", f"{prior}, {peer_host}" if prior else peer_host))
-        previous_via = header_value(headers, "via")
-        forwarded.append(("via", f"{previous_via}, {VIA}" if previous_via else VIA))
-        body = None
-        if chunked or (content_length or 0) > 0:
-            body = self._request_body(conn, receive, writer)
-        else:  # no body: h11 has the EndOfMessage ready, take it so that keep-alive can go on
-            end = await next_event(conn, receive)
-            assert isinstance(end, h11.EndOfMessage), end
-        started = False
-        status = 0
-        try:
-            async with self.client.stream(
-                method,
-                target,
-                headers=forwarded,
-                content=body,
-                content_length=None if chunked else content_length,
-            ) as upstream:
-                status = upstream.status
-                response_headers = strip_hop_by_hop(upstream.headers)
-                response_headers = [(k, v) for k, v in response_headers if k != "via"]
-                response_headers.append(("via", VIA))
-                writer.write(
-                    conn.send(
-                        h11.Response(
-                            status_code=upstream.status,
-                            headers=response_headers,
-                            reason=upstream.reason,
-                        )
-                    )
-                )
-                started = True
-                async for chunk in upstream.iter_bytes():
-                    writer.write(conn.send(h11.Data(data=chunk)))
-                    await writer.drain()
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-        except h11.RemoteProtocolError as exc:  # the TCP client's body was malformed
-            if started:
-                raise _ResponseStarted from exc
-            await self._send_error(conn, writer, exc.error_status_hint, str(exc))
-            status = exc.error_status_hint
-        except (TimeoutError, kwik.KwikError, InvalidResponseError, ConnectionError) as exc:
-            if writer.is_closing():
-                raise ConnectionError("client went away") from exc
-            if started:
-                LOGGER.warning("gateway: upstream failed mid-response: %r", exc)
-                raise _ResponseStarted from exc
-            # unreachable or refusing upstream: 502; an upstream that stopped answering: 504
-            handshake = isinstance(exc, kwik.HandshakeError | kwik.HandshakeTimeoutError)
-            status = 504 if isinstance(exc, TimeoutError) and not handshake else 502
-            LOGGER.warning("gateway: %s %s: upstream failed: %r", method, target, exc)
-            await self._send_error(conn, writer, status, f"upstream kwik://{self.upstream}: {exc}")
-        LOGGER.info('gateway: %s "%s %s" %d', peer_host, method, target, status)
-
-
-def _origin_form(target: str) -> str:
-    """``http://host/a?b`` (absolute form, as sent to proxies) → ``/a?b``."""
-    if target.startswith("/") or target == "*":
-        return target
-    _, sep, rest = target.partition("://")
-    if not sep:
-        return target
-    slash = rest.find("/")
-    return rest[slash:] if slash >= 0 else "/"
-
-
-# --- command line -------------------------------------------------------------------------------
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.http.gateway",
-        description="Plain HTTP/1.1 over TCP in front of a kwik HTTP server.",
+        description="HTTP over TCP (uvicorn) in front of a kwik HTTP server.",
     )
+    parser.add_argument("--upstream", required=True, help="the kwik server (host:port)")
     parser.add_argument("--listen", default="127.0.0.1:8080", help="TCP address (host:port)")
-    parser.add_argument("--upstream", required=True, help="kwik HTTP server (host:port)")
-    parser.add_argument("--ca", metavar="FILE", help="trust this certificate (PEM)")
-    parser.add_argument(
-        "-k", "--insecure", action="store_true", help="do not verify the upstream's certificate"
-    )
+    parser.add_argument("--ca", metavar="FILE", help="trust this PEM certificate")
+    parser.add_argument("-k", "--insecure", action="store_true", help="do not verify the server")
     parser.add_argument("--server-name", help="name to verify (default: the upstream's host)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds of upstream silence")
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -334,7 +293,7 @@ async def _run(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start(args.listen)
-        print(f"gateway: {gateway.url} -> kwik://{args.upstream}", flush=True)
+        print(gateway.url.rstrip("/"), flush=True)
         await stop.wait()
     finally:
         await gateway.close()

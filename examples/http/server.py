@@ -1,21 +1,37 @@
-"""HTTP/1.1 over kwik: a small server, one request per kwik stream.
+"""An ASGI 3 server over kwik: any ASGI application (Starlette, FastAPI, ...) on kwik streams.
 
-The peer opens a stream, writes one HTTP/1.1 request and finishes its side (FIN); the server
-answers on the same stream and finishes it. h11 parses and produces every byte of HTTP.
+Every stream a peer opens carries one HTTP/1.1 request; the answer goes back on the same stream,
+which the server then finishes (FIN). h11 parses and produces every byte of HTTP. The
+application sees a complete ``http`` scope (method, path, raw_path, query_string, headers,
+client, server, scheme ``https``, http_version, root_path, the lifespan ``state``, and an
+extension ``scope["extensions"]["kwik"]`` with the session and stream ids). The
+``http.response.pathsend`` extension lets file responses (Starlette's ``FileResponse``, so
+``StaticFiles``) hand the server a path, which it sends in large chunks.
 
-Building blocks, usable on their own:
+What the server guarantees (the duties of an ASGI server):
 
-* :class:`Request` / :class:`Response` (what handlers see and return), :class:`HTTPError`;
-* :class:`Router`: exact paths (``/api/items``) and prefix patterns (``/static/*``);
-* :class:`App`: a router, a middleware chain (:func:`log_requests`, :func:`server_header`) and
-  the body limit;
-* :func:`static_files`: a handler serving a directory;
-* :class:`HTTPServer`: serves an :class:`App` on a kwik listener.
+* request bodies reach the application as it calls ``receive()`` (nothing is read ahead, so
+  kwik's flow control holds a fast sender back), response bodies are written as the application
+  sends them (``send()`` waits while the stream's send buffer is full);
+* ``lifespan`` startup before the first request, shutdown on :meth:`ASGIServer.close`
+  (``lifespan="auto"`` tolerates applications without lifespan support);
+* a request h11 rejects gets 400 (431 for a head above ``max_head_size``), a body above
+  ``max_body`` 413, a head that does not arrive within ``request_timeout`` 408;
+* an application that raises (or returns) before starting its response gets 500; one that
+  raises in the middle of the body gets its stream finished early, which the peer's HTTP parser
+  reports as an incomplete response;
+* after the response, whatever the peer still sends is read and dropped (bounded by
+  ``drain_timeout``), so an abandoned request never stalls the session.
 
-:func:`create_app` wires the demo application. From the command line::
+``asgi.spec_version`` is 2.4: ``send()`` raises :class:`OSError` once the stream or session is
+gone, and ``receive()`` returns ``http.disconnect`` once the response is complete (or the peer
+is gone).
 
-    python -m examples.http.server --listen 127.0.0.1:4433 --static ./public
-    python -m examples.http.server --demo        # + a TCP gateway for curl and browsers
+From the command line (the default application is the Starlette demo, :mod:`examples.http.app`)::
+
+    python -m examples.http.server --app myproject.asgi:app --listen 0.0.0.0:4433 \\
+        --cert cert.pem --key key.pem
+    python -m examples.http.server --demo       # + a uvicorn gateway for curl and browsers
 """
 
 from __future__ import annotations
@@ -23,523 +39,406 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
-import html
-import json
-import mimetypes
+import importlib
 import os
-import re
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import unquote
 
 import h11
 
 import kwik
 
-from ._util import (
-    CHUNK_SIZE,
-    DEFAULT_MAX_HEAD,
-    LOGGER,
-    decode_headers,
-    header_value,
-    next_event,
-    parse_size,
-    reason_phrase,
-    run_cli,
-    server_tls_config,
-)
+from ._util import DEFAULT_MAX_HEAD, LOGGER, parse_size, run_cli, server_tls_config
 
 __all__ = [
     "DEFAULT_MAX_BODY",
-    "App",
-    "HTTPError",
-    "HTTPServer",
-    "Handler",
-    "Middleware",
-    "Request",
-    "Response",
-    "Router",
-    "create_app",
-    "log_requests",
+    "ASGIApp",
+    "ASGIServer",
+    "load_app",
     "main",
-    "server_header",
-    "static_files",
+    "with_static_files",
 ]
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: An ASGI 3 application.
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
 #: Default limit on a request body; larger bodies get 413.
-DEFAULT_MAX_BODY = 32 * 1024 * 1024
+DEFAULT_MAX_BODY = 1024 * 1024 * 1024
 
-SERVER_NAME = "kwik-http-example"
+#: Bytes asked of a stream per read while a request body is being received.
+READ_SIZE = 256 * 1024
 
+#: Bytes read from a file per write, for ``http.response.pathsend``.
+FILE_CHUNK = 1024 * 1024
 
-class HTTPError(Exception):
-    """Raise from a handler to answer with ``status``; the body is a JSON error document.
+SERVER_HEADER = (b"server", b"kwik-asgi")
 
-    Attributes:
-        status: the HTTP status code.
-        detail: a human explanation (goes into the body).
-        headers: extra response headers (e.g. ``Allow`` for 405).
-    """
+ACCESS_LOGGER = LOGGER.getChild("access")
 
-    def __init__(
-        self, status: int, detail: str | None = None, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        super().__init__(f"{status} {detail or reason_phrase(status)}")
-        self.status = status
-        self.detail = detail
-        self.headers = list(headers)
 
+def _split_host_port(address: str) -> tuple[str, int] | None:
+    """``"host:port"`` / ``"[v6]:port"`` as ASGI's ``(host, port)``; None when unknown."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
 
-@dataclass(frozen=True)
-class Request:
-    """One parsed HTTP request, body included (bounded by :attr:`App.max_body`).
 
-    ``path`` is the percent-decoded path of ``target``; ``query`` its raw query string.
-    ``tail`` is what a prefix route's ``*`` matched (``""`` for exact routes). Header names are
-    lowercase.
-    """
-
-    method: str
-    target: str
-    path: str
-    query: str
-    http_version: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes = b""
-    remote: str = ""
-    stream_id: int = -1
-    tail: str = ""
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """The first header called ``name`` (case-insensitive), or ``default``."""
-        value = header_value(self.headers, name)
-        return default if value is None else value
-
-    @property
-    def args(self) -> dict[str, list[str]]:
-        """The query string, decoded: ``?a=1&a=2`` → ``{"a": ["1", "2"]}``."""
-        return parse_qs(self.query, keep_blank_values=True)
-
-    def json(self) -> Any:
-        """The body decoded as JSON.
-
-        Raises:
-            HTTPError: 400 when the body is not valid UTF-8 JSON.
-        """
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise HTTPError(400, f"invalid JSON body: {exc}") from None
-
-
-#: A response body: bytes, or an async iterable of chunks (then set ``content_length`` if known;
-#: without it the body is sent chunked).
-Body = bytes | AsyncIterable[bytes]
-
-
-@dataclass
-class Response:
-    """What a handler returns. ``Content-Length`` is added for ``bytes`` bodies."""
-
-    status: int = 200
-    body: Body = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    content_length: int | None = None
-
-    @classmethod
-    def json(
-        cls, data: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
-    ) -> Response:
-        """``data`` serialized as JSON (``application/json``)."""
-        body = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
-        return cls(status, body, [("content-type", "application/json"), *headers])
-
-    @classmethod
-    def text(cls, text: str, status: int = 200, content_type: str = "text/plain") -> Response:
-        """``text`` encoded as UTF-8."""
-        return cls(status, text.encode(), [("content-type", f"{content_type}; charset=utf-8")])
-
-    @classmethod
-    def error(
-        cls, status: int, detail: str | None = None, headers: Iterable[tuple[str, str]] = ()
-    ) -> Response:
-        """A JSON error document: ``{"status": 404, "error": "Not Found", "detail": ...}``."""
-        document: dict[str, Any] = {"status": status, "error": reason_phrase(status)}
-        if detail:
-            document["detail"] = detail
-        return cls.json(document, status, headers)
-
-    def header(self, name: str) -> str | None:
-        """The first header called ``name`` (case-insensitive), or None."""
-        return header_value(self.headers, name)
-
-    def set_header(self, name: str, value: str) -> None:
-        """Replace every header called ``name`` with one ``name: value``."""
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
-        self.headers.append((name.lower(), value))
-
-    @property
-    def size(self) -> int | None:
-        """Body size in bytes, when known."""
-        if isinstance(self.body, bytes | bytearray | memoryview):
-            return len(self.body)
-        return self.content_length
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-"""Turns a request into a response. May raise :class:`HTTPError`."""
-
-Middleware = Callable[[Request, Handler], Awaitable[Response]]
-"""Wraps the rest of the chain: ``await call_next(request)`` runs it and returns its response."""
-
-
-# --- routing ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Route:
-    pattern: str
-    methods: dict[str, Handler]
-
-
-class Router:
-    """Maps paths to handlers.
-
-    A pattern is an exact path (``/api/items``) or a prefix ending in ``*`` (``/static/*``
-    matches ``/static/a/b.txt`` with ``tail == "a/b.txt"``). Resolution picks the exact route if
-    there is one, else the longest matching prefix; only that route's methods are considered, so
-    a path it matches with another method gets 405 (with ``Allow``), an unmatched path 404.
-    ``HEAD`` is served by the ``GET`` handler (the body is dropped on the wire).
-    """
-
-    def __init__(self) -> None:
-        self._exact: dict[str, _Route] = {}
-        self._prefixes: list[_Route] = []
-
-    def add(self, pattern: str, handler: Handler, methods: Iterable[str] = ("GET",)) -> None:
-        """Route ``methods`` on ``pattern`` to ``handler``.
-
-        Raises:
-            ValueError: the pattern does not start with ``/``, or a method is already routed.
-        """
-        if not pattern.startswith("/"):
-            raise ValueError(f"a route pattern starts with '/': {pattern!r}")
-        if pattern.endswith("*"):
-            route = next((r for r in self._prefixes if r.pattern == pattern), None)
-            if route is None:
-                route = _Route(pattern, {})
-                self._prefixes.append(route)
-                self._prefixes.sort(key=lambda r: len(r.pattern), reverse=True)
-        else:
-            route = self._exact.setdefault(pattern, _Route(pattern, {}))
-        for method in methods:
-            method = method.upper()
-            if method in route.methods:
-                raise ValueError(f"{method} {pattern} is already routed")
-            route.methods[method] = handler
-
-    def route(
-        self, pattern: str, methods: Iterable[str] = ("GET",)
-    ) -> Callable[[Handler], Handler]:
-        """Decorator form of :meth:`add`."""
-
-        def register(handler: Handler) -> Handler:
-            self.add(pattern, handler, methods)
-            return handler
-
-        return register
-
-    def resolve(self, method: str, path: str) -> tuple[Handler, str]:
-        """The handler for ``method`` on ``path`` and the tail the pattern's ``*`` matched.
-
-        Raises:
-            HTTPError: 404 when no pattern matches, 405 when the method is not routed there.
-        """
-        route = self._exact.get(path)
-        tail = ""
-        if route is None:
-            for candidate in self._prefixes:
-                prefix = candidate.pattern[:-1]
-                if path.startswith(prefix):
-                    route, tail = candidate, path[len(prefix) :]
-                    break
-        if route is None:
-            raise HTTPError(404, f"no route for {path}")
-        handler = route.methods.get(method)
-        if handler is None and method == "HEAD":
-            handler = route.methods.get("GET")
-        if handler is None:
-            allowed = set(route.methods)
-            if "GET" in allowed:
-                allowed.add("HEAD")
-            raise HTTPError(
-                405,
-                f"{method} is not allowed on {path}",
-                [("allow", ", ".join(sorted(allowed)))],
-            )
-        return handler, tail
-
-
-# --- middleware ---------------------------------------------------------------------------------
-
-
-async def log_requests(request: Request, call_next: Handler) -> Response:
-    """Middleware: one INFO line per request on ``kwik.examples.http``, in the spirit of the
-    common log format: peer, stream, request line, status, body size, and the time the inner
-    chain took (a streamed body, e.g. a static file, is sent after that)."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    size = response.size
-    LOGGER.info(
-        '%s stream %d "%s %s HTTP/%s" %d %s %.1f ms',
-        request.remote,
-        request.stream_id,
-        request.method,
-        request.target,
-        request.http_version,
-        response.status,
-        "-" if size is None else size,
-        (time.perf_counter() - started) * 1000,
-    )
-    return response
-
-
-async def server_header(request: Request, call_next: Handler) -> Response:
-    """Middleware: adds ``Server`` and ``X-Kwik-Stream`` (the stream that carried the request)."""
-    response = await call_next(request)
-    response.set_header("server", SERVER_NAME)
-    response.set_header("x-kwik-stream", str(request.stream_id))
-    return response
-
-
-# --- application --------------------------------------------------------------------------------
-
-
-class App:
-    """A router, a middleware chain and a body limit: turns a :class:`Request` into a
-    :class:`Response`. Never raises: :class:`HTTPError` becomes its response and any other
-    exception a logged 500.
-
-    Middleware run in the order given, the first one outermost.
-    """
-
-    def __init__(
-        self,
-        router: Router | None = None,
-        middleware: Iterable[Middleware] = (log_requests, server_header),
-        *,
-        max_body: int = DEFAULT_MAX_BODY,
-    ) -> None:
-        if max_body < 0:
-            raise ValueError("max_body must not be negative")
-        self.router = router if router is not None else Router()
-        self.middleware = list(middleware)
-        self.max_body = max_body
-
-    def route(
-        self, pattern: str, methods: Iterable[str] = ("GET",)
-    ) -> Callable[[Handler], Handler]:
-        """Decorator: route ``methods`` on ``pattern`` (see :class:`Router`)."""
-        return self.router.route(pattern, methods)
-
-    def use(self, middleware: Middleware) -> None:
-        """Append ``middleware`` (innermost so far)."""
-        self.middleware.append(middleware)
-
-    async def handle(self, request: Request) -> Response:
-        """Run ``request`` through the middleware chain and its route."""
-        chain: Handler = self._dispatch
-        for middleware in reversed(self.middleware):
-            chain = _bind(middleware, chain)
-        try:
-            return await chain(request)
-        except HTTPError as exc:
-            return Response.error(exc.status, exc.detail, exc.headers)
-        except Exception:
-            LOGGER.exception("middleware failed on %s %s", request.method, request.target)
-            return Response.error(500)
-
-    async def _dispatch(self, request: Request) -> Response:
-        try:
-            handler, tail = self.router.resolve(request.method, request.path)
-            return await handler(dataclasses.replace(request, tail=tail))
-        except HTTPError as exc:
-            return Response.error(exc.status, exc.detail, exc.headers)
-        except Exception:
-            LOGGER.exception("handler failed on %s %s", request.method, request.target)
-            return Response.error(500)
-
-
-def _bind(middleware: Middleware, call_next: Handler) -> Handler:
-    async def handler(request: Request) -> Response:
-        return await middleware(request, call_next)
-
-    return handler
-
-
-# --- static files -------------------------------------------------------------------------------
-
-
-async def _file_chunks(path: Path, size: int) -> AsyncIterator[bytes]:
-    """The first ``size`` bytes of ``path``, read in a worker thread chunk by chunk."""
-    file = await asyncio.to_thread(path.open, "rb")
+def _reason(status: int) -> bytes:
     try:
-        left = size
-        while left > 0:
-            chunk = await asyncio.to_thread(file.read, min(CHUNK_SIZE * 4, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
-    finally:
-        file.close()
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
-def static_files(root: str | os.PathLike[str], *, index: str = "index.html") -> Handler:
-    """A handler (for a prefix route such as ``/static/*``) serving the files under ``root``.
+def _error_response(status: int, detail: str = "", *, head_only: bool = False) -> bytes:
+    """A complete plain-text error response of the server's own, as bytes.
 
-    The route's tail names the file. Paths escaping ``root`` (``..``, symlinks out) are 404. A
-    directory is served by its ``index`` file if present, else as an HTML listing; a directory
-    asked for without its trailing slash is redirected (301). Files are streamed, never loaded
-    whole; ``Content-Type`` comes from the file name.
+    Formatted by hand rather than through the stream's ``h11.Connection``, which may be in its
+    ERROR state by then (the request, or the application's response, broke the protocol).
     """
-    base = Path(root).resolve()
-    if not base.is_dir():
-        raise ValueError(f"not a directory: {root}")
-
-    def locate(tail: str, url_path: str) -> Response | tuple[Path, os.stat_result]:
-        """Blocking part (runs in a thread): the file to send and its stat, or a response."""
-        if "\0" in tail or any(part == ".." for part in tail.split("/")):
-            raise HTTPError(404, f"{url_path} not found")
-        path = (base / tail.lstrip("/")).resolve()
-        if (path != base and not path.is_relative_to(base)) or not path.exists():
-            raise HTTPError(404, f"{url_path} not found")
-        if path.is_dir():
-            if not url_path.endswith("/"):
-                return Response(301, b"", [("location", quote(url_path) + "/")])
-            if not (path / index).is_file():
-                return _listing(url_path, path)
-            path = path / index
-        if not path.is_file():
-            raise HTTPError(404, f"{url_path} not found")
-        return path, path.stat()
-
-    async def handler(request: Request) -> Response:
-        found = await asyncio.to_thread(locate, request.tail, request.path)
-        if isinstance(found, Response):
-            return found
-        path, stat = found
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        headers = [
-            ("content-type", content_type),
-            ("last-modified", formatdate(stat.st_mtime, usegmt=True)),
-        ]
-        return Response(200, _file_chunks(path, stat.st_size), headers, stat.st_size)
-
-    return handler
+    body = f"{status} {_reason(status).decode()}\n{detail}\n".encode()
+    head = (
+        f"HTTP/1.1 {status} {_reason(status).decode()}\r\n"
+        f"date: {formatdate(usegmt=True)}\r\n"
+        f"{SERVER_HEADER[0].decode()}: {SERVER_HEADER[1].decode()}\r\n"
+        "content-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
+    return head if head_only else head + body
 
 
-def _listing(url_path: str, directory: Path) -> Response:
-    entries = sorted(directory.iterdir(), key=lambda p: (not p.is_dir(), p.name))
-    items = "\n".join(
-        f'<li><a href="{quote(p.name)}{"/" if p.is_dir() else ""}">'
-        f"{html.escape(p.name)}{'/' if p.is_dir() else ''}</a></li>"
-        for p in entries
-        if not p.name.startswith(".")
-    )
-    title = html.escape(url_path)
-    page = f"<!doctype html><title>{title}</title><h1>{title}</h1><ul>\n{items}\n</ul>\n"
-    return Response.text(page, content_type="text/html")
+class _StreamGone(ConnectionResetError):
+    """``send()`` after the stream or its session failed (ASGI 2.4: an OSError)."""
 
 
-# --- the server ---------------------------------------------------------------------------------
+class _BodyTooLarge(Exception):
+    """Raised to the application by ``receive()`` when the body passed ``max_body``."""
 
 
-class _Reject(Exception):
-    """Answer ``response`` without running the application (bad or oversized request)."""
+class _Cycle:
+    """One request/response on one stream: the ``receive`` and ``send`` the application gets."""
 
-    def __init__(self, response: Response, request_line: str = "-") -> None:
-        super().__init__(response.status)
-        self.response = response
-        self.request_line = request_line
+    def __init__(
+        self,
+        server: ASGIServer,
+        stream: kwik.Stream,
+        conn: h11.Connection,
+        head: h11.Request,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.conn = conn
+        self.head_only = head.method == b"HEAD"
+        self.request_complete = False  # h11's EndOfMessage was read
+        self.body_received = 0
+        self.continue_sent = False
+        self.too_large = False  # the body passed max_body: answer 413 if still possible
+        self.response_started = False  # http.response.start was sent by the application
+        self.head_written = False  # the response head went out on the stream
+        self.response_complete = False
+        self.failed = False  # the stream or the session failed under us
+        self.status = 0
+        self.body_sent = 0
+        self.done = asyncio.Event()  # response complete, or the peer gone
+        self.pending = b""  # the response head, until it goes out (see send)
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    # --- receive --------------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if not self.request_complete and not self.failed and not self.response_complete:
+            try:
+                return await self._receive_body()
+            except (kwik.KwikError, OSError, TimeoutError, h11.RemoteProtocolError) as exc:
+                LOGGER.debug("stream %d: request body failed: %s", self.stream.stream_id, exc)
+                self.fail()
+        await self.done.wait()
+        return {"type": "http.disconnect"}
+
+    async def _receive_body(self) -> Message:
+        conn = self.conn
+        if conn.they_are_waiting_for_100_continue and not self.continue_sent:
+            self.continue_sent = True
+            interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            await self._write(conn.send(interim))
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                async with asyncio.timeout(self.server.request_timeout):
+                    conn.receive_data(await self.stream.read(READ_SIZE))
+                continue
+            if isinstance(event, h11.Data):
+                self.body_received += len(event.data)
+                if self.body_received > self.server.max_body:
+                    self.too_large = True
+                    raise _BodyTooLarge(f"the body limit is {self.server.max_body} bytes")
+                return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+            if isinstance(event, h11.EndOfMessage):
+                self.request_complete = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a request body")
+
+    # --- send -----------------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.failed:
+            raise _StreamGone(f"kwik stream {self.stream.stream_id} is gone")
+        if self.too_large:
+            # the server answers 413 itself; whatever the application sends is moot
+            raise _StreamGone("the request body was too large")
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self.response_started = True
+            self.status = int(message["status"])
+            headers = list(message.get("headers", ()))
+            names = {bytes(name).lower() for name, _ in headers}
+            if b"date" not in names:
+                headers.append((b"date", formatdate(usegmt=True).encode()))
+            if b"server" not in names:
+                headers.append(SERVER_HEADER)
+            response = h11.Response(
+                status_code=self.status, headers=headers, reason=_reason(self.status)
+            )
+            # held until the first body chunk, which normally follows without the application
+            # yielding to the loop: one stream write per response instead of two (each costs a
+            # kwik transmit). An application that does yield (a stream that waits for its first
+            # chunk) gets the head flushed right then, so the client has the status meanwhile.
+            self.pending = self.conn.send(response) or b""
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_soon)
+        elif kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_complete:
+                raise RuntimeError("http.response.body after the response was complete")
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            await self._head_in_order()
+            out, self.pending = self.pending, b""
+            if body and not self.head_only:
+                out += self.conn.send(h11.Data(data=body)) or b""
+                self.body_sent += len(body)
+            if not more:
+                out += self.conn.send(h11.EndOfMessage()) or b""
+            if out:
+                self.head_written = True
+                await self._write(out)
+            if not more:
+                self.response_complete = True
+                await self._finish()
+                self.done.set()
+        elif kind == "http.response.pathsend":
+            if not self.response_started or self.response_complete:
+                raise RuntimeError("http.response.pathsend out of place")
+            await self._head_in_order()
+            await self._send_file(message["path"])
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
+
+    async def _head_in_order(self) -> None:
+        """Before body bytes: no head flush scheduled or in flight (it would race them)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flushing is not None:
+            await self._flushing
+            if self.failed:
+                raise _StreamGone(f"kwik stream {self.stream.stream_id} is gone")
+
+    async def _send_file(self, path: str) -> None:
+        """The ``http.response.pathsend`` extension: the whole file at ``path`` is the body,
+        read by the server in large chunks (in a worker thread) rather than sent by the
+        application piece by piece. The application already set its Content-Length."""
+        file = await asyncio.to_thread(open, path, "rb")
+        try:
+            out, self.pending = self.pending, b""
+            while not self.head_only:
+                chunk = await asyncio.to_thread(file.read, FILE_CHUNK)
+                if not chunk:
+                    break
+                self.body_sent += len(chunk)
+                out += self.conn.send(h11.Data(data=chunk)) or b""
+                self.head_written = True
+                await self._write(out)
+                out = b""
+            out += self.conn.send(h11.EndOfMessage()) or b""
+            self.head_written = True
+            await self._write(out)
+        finally:
+            file.close()
+        self.response_complete = True
+        await self._finish()
+        self.done.set()
+
+    def _flush_soon(self) -> None:
+        """Loop callback: the application yielded after http.response.start; send the head."""
+        self._flush_handle = None
+        if self.pending and not self.failed:
+            self._flushing = asyncio.ensure_future(self._flush_head())
+
+    async def _flush_head(self) -> None:
+        out, self.pending = self.pending, b""
+        self.head_written = True
+        with contextlib.suppress(_StreamGone):  # recorded in self.failed
+            await self._write(out)
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.stream.write(data)
+        except (kwik.KwikError, OSError) as exc:
+            self.fail()
+            raise _StreamGone(f"kwik stream {self.stream.stream_id}: {exc}") from exc
+
+    async def _finish(self) -> None:
+        """Finish our side of the stream (FIN)."""
+        try:
+            await self.stream.close()
+        except (kwik.KwikError, OSError) as exc:
+            self.fail()
+            LOGGER.debug("stream %d: close failed: %s", self.stream.stream_id, exc)
+
+    async def settle(self) -> None:
+        """After the application: a held head is either on the wire or still held, no flush
+        pending or in flight."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flushing is not None:
+            await self._flushing
+
+    def fail(self) -> None:
+        """The peer is gone: no more reading or writing; wake ``receive()`` waiters."""
+        self.failed = True
+        self.done.set()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    # --- the server's part after the application ------------------------------------------------
+
+    async def answer(self, status: int, detail: str = "") -> None:
+        """Send an error response of the server's own (when the application did not start
+        one), then finish the stream."""
+        self.status = status
+        self.response_started = self.head_written = True
+        self.pending = b""  # a head the application started and never followed: replaced
+        response = _error_response(status, detail, head_only=self.head_only)
+        await self._write(response)
+        self.response_complete = True
+        await self._finish()
+        self.done.set()
 
 
-class HTTPServer:
-    """Serves an :class:`App` over kwik: every stream a peer opens carries one request.
+class ASGIServer:
+    """Serves an ASGI 3 application over kwik: one HTTP/1.1 request per stream.
 
-    Per stream: the request is read with h11 (``request_timeout`` bounds the whole request),
-    bodies above ``app.max_body`` get 413 (at once when ``Content-Length`` says so), requests h11
-    rejects get 400 (431 for oversized heads), then the response is written and the stream
-    finished. Whatever the peer still sends is read and discarded (bounded by
-    ``drain_timeout``) so that an abandoned stream never stalls the session. A bad request only
-    ever affects its own stream.
+    Use :meth:`start` and :meth:`close` (or ``async with``), or hand sessions accepted elsewhere
+    to :meth:`serve_session` (then run :meth:`startup` / :meth:`shutdown` for the lifespan).
 
-    Use :meth:`start` + :meth:`close` (or ``async with``), or hand sessions to
-    :meth:`serve_session` yourself.
+    Args:
+        app: the ASGI 3 application.
+        lifespan: ``"auto"`` (run the lifespan protocol, tolerate applications that do not
+            support it), ``"on"`` (a failure to start fails :meth:`start`) or ``"off"``.
+        max_head_size: largest request head (request line and headers); larger ones get 431.
+        max_body: largest request body; larger ones get 413.
+        request_timeout: seconds a request head may take to arrive (then 408), and the longest
+            silence while the application waits for body bytes.
+        drain_timeout: seconds spent dropping what a peer still sends after the response.
+        root_path: the ``root_path`` of every scope (when mounted below a prefix).
     """
 
     def __init__(
         self,
-        app: App,
+        app: ASGIApp,
         *,
+        lifespan: str = "auto",
+        max_head_size: int = DEFAULT_MAX_HEAD,
+        max_body: int = DEFAULT_MAX_BODY,
         request_timeout: float = 30.0,
         drain_timeout: float = 10.0,
-        max_head_size: int = DEFAULT_MAX_HEAD,
+        root_path: str = "",
     ) -> None:
+        if lifespan not in ("auto", "on", "off"):
+            raise ValueError(f"lifespan is auto, on or off, not {lifespan!r}")
         self.app = app
+        self.lifespan = lifespan
+        self.max_head_size = max_head_size
+        self.max_body = max_body
         self.request_timeout = request_timeout
         self.drain_timeout = drain_timeout
-        self.max_head_size = max_head_size
+        self.root_path = root_path
+        self.state: dict[str, Any] = {}  # the lifespan state, copied into every scope
         self._listener: kwik.Listener | None = None
+        self._sessions: set[kwik.Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = asyncio.Event()
+        self._lifespan_task: asyncio.Task[None] | None = None
+        self._lifespan_queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._startup: asyncio.Future[None] | None = None
+        self._shutdown: asyncio.Future[None] | None = None
 
     @property
     def addr(self) -> str:
         """The kwik address ("host:port") being served; empty before :meth:`start`."""
         return self._listener.addr if self._listener is not None else ""
 
+    @property
+    def sessions(self) -> frozenset[kwik.Session]:
+        """The sessions being served now."""
+        return frozenset(self._sessions)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
     async def start(
         self, address: str, tls_config: kwik.TLSConfig, config: kwik.Config | None = None
     ) -> None:
-        """Listen on ``address`` (port 0 picks one, see :attr:`addr`) and serve in the
-        background until :meth:`close`.
+        """Run the lifespan startup, then listen on ``address`` (port 0 picks one, see
+        :attr:`addr`) and serve in the background until :meth:`close`.
 
         Raises:
-            RuntimeError: already started.
+            RuntimeError: already started, or the application's startup failed.
             OSError, ValueError: as :func:`kwik.listen_addr`.
         """
         if self._listener is not None:
             raise RuntimeError("server already started")
-        self._listener = await kwik.listen_addr(address, tls_config, config)
+        await self.startup()
+        try:
+            self._listener = await kwik.listen_addr(address, tls_config, config)
+        except BaseException:
+            await self.shutdown()
+            raise
         self._spawn(self._accept_loop(self._listener), "accept")
-        LOGGER.info("HTTP over kwik on %s", self._listener.addr)
-
-    async def serve_forever(self) -> None:
-        """Wait until :meth:`close` is called."""
-        await self._closed.wait()
+        LOGGER.info("ASGI over kwik on %s", self._listener.addr)
 
     async def close(self) -> None:
-        """Stop accepting, close every session (gracefully, within the listener's bound), and
-        end every task this server started. Idempotent."""
+        """Stop listening, close every session (gracefully, within the listener's bound), end
+        every task this server started, then run the lifespan shutdown. Idempotent."""
         if self._listener is not None:
             await self._listener.close()
+        for session in list(self._sessions):
+            await session.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._closed.set()
+        await self.shutdown()
 
-    async def __aenter__(self) -> HTTPServer:
+    async def __aenter__(self) -> ASGIServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -547,9 +446,82 @@ class HTTPServer:
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
-        task.set_name(f"kwik-http-server-{name}")
+        task.set_name(f"kwik-asgi-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # --- lifespan -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Run the application's lifespan startup (nothing when ``lifespan="off"``).
+
+        Raises:
+            RuntimeError: the application reported ``lifespan.startup.failed``, or raised during
+                startup with ``lifespan="on"``.
+        """
+        if self.lifespan == "off" or self._startup is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._startup, self._shutdown = loop.create_future(), loop.create_future()
+        self._lifespan_queue.put_nowait({"type": "lifespan.startup"})
+        self._lifespan_task = asyncio.ensure_future(self._run_lifespan())
+        await self._startup
+
+    async def shutdown(self) -> None:
+        """Run the lifespan shutdown, if the startup completed. Errors are logged."""
+        task, self._lifespan_task = self._lifespan_task, None
+        if task is None:
+            return
+        assert self._startup is not None and self._shutdown is not None
+        if self._startup.done() and self._startup.exception() is None and not task.done():
+            self._lifespan_queue.put_nowait({"type": "lifespan.shutdown"})
+            try:
+                await asyncio.wait_for(asyncio.shield(self._shutdown), 30.0)
+            except Exception as exc:
+                LOGGER.error("lifespan shutdown failed: %s", exc)
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run_lifespan(self) -> None:
+        startup, shutdown = self._startup, self._shutdown
+        assert startup is not None and shutdown is not None
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            future = startup if kind.startswith("lifespan.startup.") else shutdown
+            if future.done():
+                return
+            if kind.endswith(".complete"):
+                future.set_result(None)
+            else:
+                future.set_exception(RuntimeError(f"{kind}: {message.get('message', '')}"))
+
+        try:
+            await self.app(scope, self._lifespan_queue.get, send)
+        except BaseException as exc:
+            if not startup.done():
+                if self.lifespan == "on" or isinstance(exc, asyncio.CancelledError):
+                    startup.set_exception(RuntimeError(f"lifespan startup raised {exc!r}"))
+                else:
+                    LOGGER.info("the application does not support lifespan (%r)", exc)
+                    startup.set_result(None)
+            elif not shutdown.done():
+                shutdown.set_exception(RuntimeError(f"lifespan shutdown raised {exc!r}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if not startup.done():  # returned without a word: no lifespan support
+                startup.set_result(None)
+            if not shutdown.done():
+                shutdown.set_result(None)
+
+    # --- serving --------------------------------------------------------------------------------
 
     async def _accept_loop(self, listener: kwik.Listener) -> None:
         async for session in listener:
@@ -557,393 +529,248 @@ class HTTPServer:
 
     async def serve_session(self, session: kwik.Session) -> None:
         """Serve every stream ``session``'s peer opens, until the session closes."""
-        remote = session.remote_addr
-        LOGGER.debug("session %d from %s", session.session_id, remote)
-        while True:
-            try:
-                stream = await session.accept_stream()
-            except kwik.SessionClosedError as exc:
-                LOGGER.debug("session %d from %s ended: %s", session.session_id, remote, exc)
-                return
-            self._spawn(self.handle_stream(stream, remote), f"stream-{stream.stream_id}")
+        self._sessions.add(session)
+        client = _split_host_port(session.remote_addr)
+        server = _split_host_port(session.local_addr)
+        cycles: set[_Cycle] = set()
+        try:
+            while True:
+                try:
+                    stream = await session.accept_stream()
+                except kwik.SessionClosedError as exc:
+                    LOGGER.debug("session %d ended: %s", session.session_id, exc)
+                    return
+                self._spawn(
+                    self._serve_stream(session, stream, client, server, cycles),
+                    f"stream-{stream.stream_id}",
+                )
+        finally:
+            self._sessions.discard(session)
+            for cycle in list(cycles):  # wake every receive() waiting for the peer
+                cycle.fail()
 
-    async def handle_stream(self, stream: kwik.Stream, remote: str = "") -> None:
+    async def _read_head(
+        self, stream: kwik.Stream, conn: h11.Connection
+    ) -> h11.Request | h11.ConnectionClosed:
+        """The request head, or ConnectionClosed at a FIN before any request byte."""
+        received = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                # h11 rejects a head only while it is incomplete and above the limit: reading no
+                # further than one byte past the limit makes every oversized head fail, however
+                # the bytes arrive
+                data = await stream.read(max(1, self.max_head_size + 1 - received))
+                received += len(data)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request | h11.ConnectionClosed):
+                return event
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} before a request")
+
+    async def _serve_stream(
+        self,
+        session: kwik.Session,
+        stream: kwik.Stream,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        cycles: set[_Cycle],
+    ) -> None:
         """Serve the one request ``stream`` carries. Never raises (but may be cancelled)."""
+        started = time.perf_counter()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
         try:
-            method = await self._exchange(conn, stream, remote)
-            if method is None:
-                return
-            await stream.close()
-            await self._drain(stream)
-        except (kwik.SessionClosedError, kwik.StreamClosedError) as exc:
-            LOGGER.debug("stream %d: %s", stream.stream_id, exc)
-        except h11.LocalProtocolError as exc:
-            # the application produced a response h11 refuses (e.g. a short body): the peer
-            # sees the stream end early, which its h11 reports as an incomplete response
-            LOGGER.error("stream %d: invalid response: %s", stream.stream_id, exc)
-            with contextlib.suppress(kwik.KwikError):
-                await stream.close()
-        except Exception:
-            LOGGER.exception("stream %d: unexpected failure", stream.stream_id)
-            with contextlib.suppress(kwik.KwikError):
-                await stream.close()
-
-    async def _exchange(self, conn: h11.Connection, stream: kwik.Stream, remote: str) -> str | None:
-        """Read the request, answer it. Returns the method (``"-"`` if rejected), or None when
-        the peer finished the stream without sending anything."""
-        try:
             async with asyncio.timeout(self.request_timeout):
-                request = await self._read_request(conn, stream, remote)
-        except _Reject as reject:
-            response = reject.response
-            LOGGER.info(
-                '%s stream %d "%s" %d rejected',
-                remote,
-                stream.stream_id,
-                reject.request_line,
-                response.status,
-            )
-            await self._write_response(conn, stream, response, head_only=False)
-            return "-"
-        except TimeoutError:
-            LOGGER.info("%s stream %d: request timed out", remote, stream.stream_id)
-            await self._write_response(conn, stream, Response.error(408), head_only=False)
-            return "-"
-        if request is None:
-            await stream.close()
-            return None
-        response = await self.app.handle(request)
-        await self._write_response(conn, stream, response, head_only=request.method == "HEAD")
-        return request.method
-
-    async def _read_request(
-        self, conn: h11.Connection, stream: kwik.Stream, remote: str
-    ) -> Request | None:
-        head: h11.Request | None = None
-        line = "-"
-        body = bytearray()
-        max_body = self.app.max_body
-
-        received = 0
-
-        async def receive() -> bytes:
-            # h11 rejects a head only while it is incomplete and longer than the limit: reading
-            # no further than one byte past the limit before the head is parsed makes every
-            # head longer than max_head_size fail, however the bytes arrive
-            nonlocal received
-            if head is None:
-                data = await stream.read(max(1, self.max_head_size + 1 - received))
-            else:
-                data = await stream.read(CHUNK_SIZE)
-            received += len(data)
-            return data
-
-        while True:
-            try:
-                event = await next_event(conn, receive)
-            except h11.RemoteProtocolError as exc:
-                raise _Reject(Response.error(exc.error_status_hint, str(exc)), line) from None
-            if isinstance(event, h11.Request):
-                head = event
-                line = f"{event.method.decode()} {event.target.decode('latin-1')}"
-                declared = header_value(decode_headers(event.headers), "content-length")
-                if declared is not None and int(declared) > max_body:
-                    raise _Reject(self._too_large(max_body), line)
-                if conn.they_are_waiting_for_100_continue:
-                    await stream.write(
-                        conn.send(
-                            h11.InformationalResponse(
-                                status_code=100, headers=[], reason="Continue"
-                            )
-                        )
-                    )
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > max_body:
-                    raise _Reject(self._too_large(max_body), line)
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                return self._request(head, bytes(body), remote, stream.stream_id)
-            elif isinstance(event, h11.ConnectionClosed):
-                return None  # FIN before any byte of a request
-            else:  # PAUSED cannot come before EndOfMessage
-                raise AssertionError(f"unexpected h11 event {event!r}")
-
-    @staticmethod
-    def _too_large(max_body: int) -> Response:
-        return Response.error(413, f"the body limit is {max_body} bytes")
-
-    @staticmethod
-    def _request(head: h11.Request, body: bytes, remote: str, stream_id: int) -> Request:
-        target = head.target.decode("latin-1")
-        parts = urlsplit(target)
-        return Request(
-            method=head.method.decode("ascii"),
-            target=target,
-            path=unquote(parts.path) or "/",
-            query=parts.query,
-            http_version=head.http_version.decode("ascii"),
-            headers=decode_headers(head.headers),
-            body=body,
-            remote=remote,
-            stream_id=stream_id,
-        )
-
-    async def _write_response(
-        self, conn: h11.Connection, stream: kwik.Stream, response: Response, *, head_only: bool
-    ) -> None:
-        status = response.status
-        body = response.body
-        no_body = head_only or status in (204, 304) or status < 200
-        headers = [
-            (k, v) for k, v in response.headers if k.lower() not in ("content-length", "date")
-        ]
-        headers.append(("date", formatdate(usegmt=True)))
-        size = response.size
-        if size is not None and status not in (204, 304) and status >= 200:
-            headers.append(("content-length", str(size)))
-        start = conn.send(
-            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
-        )
-        if isinstance(body, bytes | bytearray | memoryview):
-            out = start
-            if body and not no_body:
-                out += conn.send(h11.Data(data=body))
-            await stream.write(out + conn.send(h11.EndOfMessage()))
+                head = await self._read_head(stream, conn)
+        except h11.RemoteProtocolError as exc:
+            await self._reject(stream, exc.error_status_hint, str(exc))
             return
-        await stream.write(start)
-        chunks = aiter(body)
-        try:
-            if not no_body:
-                async for chunk in chunks:
-                    if chunk:
-                        await stream.write(conn.send(h11.Data(data=chunk)))
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await stream.write(conn.send(h11.EndOfMessage()))
+        except TimeoutError:
+            await self._reject(stream, 408, "the request head did not arrive in time")
+            return
+        except (kwik.KwikError, OSError) as exc:
+            LOGGER.debug("stream %d: %s", stream.stream_id, exc)
+            return
+        if isinstance(head, h11.ConnectionClosed):  # FIN without a request: nothing to answer
+            with contextlib.suppress(kwik.KwikError, OSError):
+                await stream.close()
+            return
 
-    async def _drain(self, stream: kwik.Stream) -> None:
-        """Read and discard until the peer's FIN (normally already there)."""
-        discarded = 0
+        cycle = _Cycle(self, stream, conn, head)
+        cycles.add(cycle)
+        try:
+            declared = next((v for n, v in head.headers if n == b"content-length"), None)
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                cycle.too_large = True
+            else:
+                await self._run_app(cycle, self._scope(session, stream, head, client, server))
+            if cycle.too_large and not cycle.head_written:
+                await cycle.answer(413, f"the body limit is {self.max_body} bytes")
+            ACCESS_LOGGER.info(
+                '%s stream %d "%s %s HTTP/%s" %d %d %.1f ms',
+                session.remote_addr,
+                stream.stream_id,
+                head.method.decode(),
+                head.target.decode("latin-1"),
+                head.http_version.decode(),
+                cycle.status,
+                cycle.body_sent,
+                (time.perf_counter() - started) * 1000,
+            )
+            if not cycle.failed:
+                await self._drain(cycle)
+        except (kwik.KwikError, OSError) as exc:
+            LOGGER.debug("stream %d: %s", stream.stream_id, exc)
+        finally:
+            cycles.discard(cycle)
+            cycle.fail()
+
+    async def _run_app(self, cycle: _Cycle, scope: Scope) -> None:
+        """Run the application on ``cycle``, then make up for what it left undone."""
+        stream_id = cycle.stream.stream_id
+        try:
+            await self.app(scope, cycle.receive, cycle.send)
+        except Exception as exc:
+            await cycle.settle()
+            if cycle.failed or cycle.too_large:
+                LOGGER.debug("stream %d: application stopped: %r", stream_id, exc)
+            else:
+                LOGGER.error("stream %d: application raised", stream_id, exc_info=exc)
+            if cycle.too_large or cycle.failed:
+                return
+            if not cycle.head_written:
+                await cycle.answer(500)
+            elif not cycle.response_complete:
+                await cycle._finish()  # the peer sees the body end early
+            return
+        await cycle.settle()
+        if cycle.failed or cycle.too_large or cycle.response_complete:
+            return
+        if not cycle.head_written:
+            LOGGER.error("stream %d: application returned without a response", stream_id)
+            await cycle.answer(500)
+        else:
+            LOGGER.error("stream %d: application returned in the middle of its body", stream_id)
+            await cycle._finish()
+
+    def _scope(
+        self,
+        session: kwik.Session,
+        stream: kwik.Stream,
+        head: h11.Request,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+    ) -> Scope:
+        target = head.target
+        if not target.startswith(b"/") and b"://" in target:  # absolute-form: keep the path
+            target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+        raw_path, _, query = target.partition(b"?")
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": head.http_version.decode(),
+            "method": head.method.decode(),
+            "scheme": "https",  # QUIC is always encrypted
+            "path": self.root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": self.root_path,
+            "headers": list(head.headers),  # h11 lowercases the names already
+            "client": client,
+            "server": server,
+            "state": dict(self.state),
+            "extensions": {
+                "http.response.pathsend": {},
+                "kwik": {"session_id": session.session_id, "stream_id": stream.stream_id},
+            },
+        }
+
+    async def _reject(self, stream: kwik.Stream, status: int, why: str) -> None:
+        """Answer an unusable request with ``status``, finish the stream, drop the rest."""
+        LOGGER.info("stream %d: rejected with %d: %s", stream.stream_id, status, why)
+        with contextlib.suppress(kwik.KwikError, OSError):
+            await stream.write(_error_response(status, why))
+            await stream.close()
+            await self._discard(stream)
+
+    async def _drain(self, cycle: _Cycle) -> None:
+        """Drop the rest of the request the application did not read."""
+        if not cycle.response_complete:
+            await cycle._finish()
+        await self._discard(cycle.stream)
+
+    async def _discard(self, stream: kwik.Stream) -> None:
+        """Read and drop until the peer's FIN (normally there already)."""
+        dropped = 0
         try:
             async with asyncio.timeout(self.drain_timeout):
-                while data := await stream.read(CHUNK_SIZE):
-                    discarded += len(data)
+                while data := await stream.read(READ_SIZE):
+                    dropped += len(data)
         except TimeoutError:
-            LOGGER.debug("stream %d: peer did not finish its side", stream.stream_id)
-        if discarded:
-            LOGGER.debug("stream %d: discarded %d unread bytes", stream.stream_id, discarded)
+            LOGGER.debug("stream %d: the peer did not finish its side", stream.stream_id)
+        except (kwik.KwikError, OSError):
+            return
+        if dropped:
+            LOGGER.debug("stream %d: dropped %d unread bytes", stream.stream_id, dropped)
 
 
-# --- the demo application -----------------------------------------------------------------------
+# --- helpers for the command line ---------------------------------------------------------------
 
 
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
+def load_app(spec: str) -> ASGIApp:
+    """The ASGI application named by ``"package.module:attribute"`` (dots allowed after the
+    colon, e.g. ``"main:api.app"``).
 
-
-class FileStore:
-    """Uploaded files, by name: in memory, or in ``directory`` when given."""
-
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else None
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        self._memory: dict[str, bytes] = {}
-
-    @staticmethod
-    def check_name(name: str) -> str:
-        """``name`` if it is a plain file name (letters, digits, ``._-``).
-
-        Raises:
-            HTTPError: 400 otherwise.
-        """
-        if not _FILE_NAME.match(name):
-            raise HTTPError(400, f"invalid file name {name!r}")
-        return name
-
-    async def put(self, name: str, data: bytes) -> bool:
-        """Store ``data`` as ``name``; True if it replaced a file."""
-        if self.directory is None:
-            existed = name in self._memory
-            self._memory[name] = data
-            return existed
-        path = self.directory / name
-        existed = path.exists()
-        await asyncio.to_thread(path.write_bytes, data)
-        return existed
-
-    async def get(self, name: str) -> bytes | None:
-        if self.directory is None:
-            return self._memory.get(name)
-        path = self.directory / name
-        return await asyncio.to_thread(path.read_bytes) if path.is_file() else None
-
-    async def delete(self, name: str) -> bool:
-        if self.directory is None:
-            return self._memory.pop(name, None) is not None
-        path = self.directory / name
-        if not path.is_file():
-            return False
-        path.unlink()
-        return True
-
-    def names(self) -> list[str]:
-        if self.directory is None:
-            return sorted(self._memory)
-        return sorted(p.name for p in self.directory.iterdir() if p.is_file())
-
-
-def _describe(name: str, data: bytes) -> dict[str, Any]:
-    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def create_app(
-    static_dir: str | os.PathLike[str] | None = None,
-    *,
-    uploads: FileStore | None = None,
-    max_body: int = DEFAULT_MAX_BODY,
-) -> App:
-    """The demo application.
-
-    ============================  =====================  =====================================
-    path                          methods                what
-    ============================  =====================  =====================================
-    ``/``                         GET                    index page (``static_dir/index.html``
-                                                         if present)
-    ``/api/health``               GET                    ``{"status": "ok"}``
-    ``/api/request``              GET, POST              the request, described in JSON
-    ``/api/echo``                 POST, PUT              the request body, unchanged
-    ``/api/items``                GET, POST              list / create (JSON objects) → 201
-    ``/api/items/*``              GET, PUT, DELETE       one item; 404 when missing
-    ``/files``                    GET                    names of the uploaded files
-    ``/files/*``                  GET, PUT, POST,        upload (→ 201 + size and SHA-256),
-                                  DELETE                 download, delete
-    ``/static/*``                 GET                    files under ``static_dir``
-    ============================  =====================  =====================================
+    Raises:
+        ValueError: ``spec`` has no colon, or the attribute is missing or not callable.
+        ImportError: the module cannot be imported.
     """
-    app = App(max_body=max_body)
-    store = uploads if uploads is not None else FileStore()
-    items: dict[int, dict[str, Any]] = {}
-    next_id = iter(range(1, 1 << 62))
-    static_root = Path(static_dir) if static_dir is not None else None
-
-    @app.route("/")
-    async def index(request: Request) -> Response:
-        if static_root is not None and (static_root / "index.html").is_file():
-            data = await asyncio.to_thread((static_root / "index.html").read_bytes)
-            return Response(200, data, [("content-type", "text/html; charset=utf-8")])
-        links = [
-            "/api/health",
-            "/api/request?hello=world",
-            "/api/items",
-            "/files",
-            *(["/static/"] if static_root is not None else []),
-        ]
-        items_html = "\n".join(f'<li><a href="{url}">{html.escape(url)}</a></li>' for url in links)
-        page = (
-            "<!doctype html><title>kwik HTTP example</title>"
-            "<h1>HTTP/1.1 over kwik</h1>"
-            f"<p>This page came over kwik stream {request.stream_id}.</p>"
-            f"<ul>\n{items_html}\n</ul>\n"
-        )
-        return Response.text(page, content_type="text/html")
-
-    @app.route("/api/health")
-    async def health(request: Request) -> Response:
-        return Response.json({"status": "ok", "stream": request.stream_id})
-
-    @app.route("/api/request", methods=("GET", "POST"))
-    async def describe(request: Request) -> Response:
-        return Response.json(
-            {
-                "method": request.method,
-                "target": request.target,
-                "path": request.path,
-                "args": request.args,
-                "headers": [list(h) for h in request.headers],
-                "body_size": len(request.body),
-                "body_sha256": hashlib.sha256(request.body).hexdigest(),
-                "stream": request.stream_id,
-                "remote": request.remote,
-            }
-        )
-
-    @app.route("/api/echo", methods=("POST", "PUT"))
-    async def echo(request: Request) -> Response:
-        content_type = request.header("content-type", "application/octet-stream")
-        assert content_type is not None
-        return Response(200, request.body, [("content-type", content_type)])
-
-    @app.route("/api/items", methods=("GET", "POST"))
-    async def items_collection(request: Request) -> Response:
-        if request.method == "GET":
-            return Response.json([{"id": i, **item} for i, item in sorted(items.items())])
-        item = request.json()
-        if not isinstance(item, dict):
-            raise HTTPError(400, "an item is a JSON object")
-        item_id = next(next_id)
-        items[item_id] = item
-        return Response.json({"id": item_id, **item}, 201, [("location", f"/api/items/{item_id}")])
-
-    @app.route("/api/items/*", methods=("GET", "PUT", "DELETE"))
-    async def item_resource(request: Request) -> Response:
-        try:
-            item_id = int(request.tail)
-        except ValueError:
-            raise HTTPError(404, f"no item {request.tail!r}") from None
-        if request.method == "PUT":
-            item = request.json()
-            if not isinstance(item, dict):
-                raise HTTPError(400, "an item is a JSON object")
-            created = item_id not in items
-            items[item_id] = item
-            return Response.json({"id": item_id, **item}, 201 if created else 200)
-        if item_id not in items:
-            raise HTTPError(404, f"no item {item_id}")
-        if request.method == "DELETE":
-            del items[item_id]
-            return Response(204)
-        return Response.json({"id": item_id, **items[item_id]})
-
-    @app.route("/files")
-    async def list_files(request: Request) -> Response:
-        return Response.json(store.names())
-
-    @app.route("/files/*", methods=("GET", "PUT", "POST", "DELETE"))
-    async def file_resource(request: Request) -> Response:
-        name = FileStore.check_name(request.tail)
-        if request.method in ("PUT", "POST"):
-            replaced = await store.put(name, request.body)
-            return Response.json(
-                _describe(name, request.body),
-                200 if replaced else 201,
-                [("location", request.path)],
-            )
-        if request.method == "DELETE":
-            if not await store.delete(name):
-                raise HTTPError(404, f"no file {name!r}")
-            return Response(204)
-        data = await store.get(name)
-        if data is None:
-            raise HTTPError(404, f"no file {name!r}")
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return Response(200, data, [("content-type", content_type)])
-
-    if static_root is not None:
-        app.router.add("/static/*", static_files(static_root))
-    return app
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"--app is MODULE:ATTRIBUTE, not {spec!r}")
+    target: Any = importlib.import_module(module_name)
+    try:
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise ValueError(f"{module_name} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not an ASGI application")
+    return target  # type: ignore[no-any-return]
 
 
-# --- command line -------------------------------------------------------------------------------
+def with_static_files(
+    app: ASGIApp, directory: str | os.PathLike[str], prefix: str = "/static"
+) -> ASGIApp:
+    """``app`` with the files under ``directory`` served below ``prefix`` by Starlette's
+    ``StaticFiles`` (index.html for directories); everything else, lifespan included, goes to
+    ``app``."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+    from starlette.staticfiles import StaticFiles
+
+    # StaticFiles raises HTTPException for 404/405: the middleware turns it into the response
+    static = ExceptionMiddleware(StaticFiles(directory=directory, html=True))
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and (path == prefix or path.startswith(prefix + "/")):
+            scope = dict(scope, root_path=scope.get("root_path", "") + prefix)
+            await static(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
 
 
 def _demo_static_dir(parent: Path) -> Path:
-    """A small static tree for the demo: a text file and 1 MiB of random bytes."""
+    """A small static tree for the demo: an index, a text file and 1 MiB of random bytes."""
     root = parent / "static"
     root.mkdir()
+    (root / "index.html").write_text(
+        "<!doctype html><title>static files</title><h1>Static files over kwik</h1>\n"
+        '<ul><li><a href="hello.txt">hello.txt</a></li>'
+        '<li><a href="random.bin">random.bin</a> (1 MiB)</li></ul>\n'
+    )
     (root / "hello.txt").write_text("Hello over kwik!\n")
     (root / "random.bin").write_bytes(os.urandom(1024 * 1024))
     return root
@@ -952,21 +779,33 @@ def _demo_static_dir(parent: Path) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.http.server",
-        description="HTTP/1.1 over kwik, one request per stream.",
+        description="Serve an ASGI application over kwik, one HTTP/1.1 request per stream.",
+    )
+    parser.add_argument(
+        "--app",
+        default="examples.http.app:app",
+        metavar="MODULE:ATTR",
+        help="the ASGI application (default: the Starlette demo, examples.http.app:app)",
     )
     parser.add_argument("--listen", default="127.0.0.1:4433", help="kwik address (host:port)")
     parser.add_argument("--cert", help="certificate chain (PEM); default: a self-signed one")
     parser.add_argument("--key", help="private key (PEM)")
-    parser.add_argument(
-        "--cert-out", help="write the (generated) certificate here, for clients' --ca"
-    )
+    parser.add_argument("--cert-out", help="write the generated certificate here (for --ca)")
     parser.add_argument("--static", metavar="DIR", help="serve DIR under /static/")
-    parser.add_argument("--uploads", metavar="DIR", help="keep uploads in DIR (default: memory)")
     parser.add_argument(
-        "--max-body", type=parse_size, default=DEFAULT_MAX_BODY, help="request body limit (32M)"
+        "--max-body", type=parse_size, default=DEFAULT_MAX_BODY, help="request body limit (1G)"
+    )
+    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="trust X-Forwarded-For/-Proto from these peers (comma-separated; the demo "
+        "trusts its own gateway)",
     )
     parser.add_argument(
-        "--demo", action="store_true", help="also start a TCP gateway for curl and browsers"
+        "--demo",
+        action="store_true",
+        help="also start the uvicorn gateway, and demo static files when --static is not given",
     )
     parser.add_argument(
         "--gateway-listen",
@@ -979,18 +818,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
     from .gateway import Gateway
 
+    if args.cert_out and args.cert:
+        raise ValueError("--cert-out writes a generated certificate: not with --cert")
     tls, cert_pem = server_tls_config(args.cert, args.key)
+    if args.cert_out:
+        await asyncio.to_thread(Path(args.cert_out).write_bytes, cert_pem)
     with tempfile.TemporaryDirectory(prefix="kwik-http-") as scratch:
-        cert_path = args.cert or args.cert_out or os.path.join(scratch, "cert.pem")
-        if args.cert is None:
-            await asyncio.to_thread(Path(cert_path).write_bytes, cert_pem)
+        app = load_app(args.app)
         static = args.static
         if static is None and args.demo:
             static = await asyncio.to_thread(_demo_static_dir, Path(scratch))
-        app = create_app(static, uploads=FileStore(args.uploads), max_body=args.max_body)
-        server = HTTPServer(app)
+        if static is not None:
+            app = with_static_files(app, static)
+        trusted = args.forwarded_allow_ips or ("127.0.0.1,::1" if args.demo else None)
+        if trusted:
+            app = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type,assignment]
+        server = ASGIServer(app, lifespan=args.lifespan, max_body=args.max_body)
         gateway: Gateway | None = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -999,24 +846,14 @@ async def _run(args: argparse.Namespace) -> None:
                 loop.add_signal_handler(sig, stop.set)
         try:
             await server.start(args.listen, tls)
-            print(f"kwik HTTP server: kwik://{server.addr}/", flush=True)
-            print(f"certificate: {cert_path}", flush=True)
-            if static is not None:
-                print(f"static files: {static} -> /static/", flush=True)
+            print(f"kwik://{server.addr}", flush=True)
             if args.demo:
                 gateway = Gateway(server.addr, kwik.TLSConfig(cadata=cert_pem))
                 await gateway.start(args.gateway_listen)
-                print(f"gateway: {gateway.url} -> kwik://{server.addr}", flush=True)
-                print(f"try: curl {gateway.url}api/health", flush=True)
-                print(f"     curl -o random.bin {gateway.url}static/random.bin", flush=True)
-            print(
-                f"     python -m examples.http.client --ca {cert_path} "
-                f"get kwik://{server.addr}/api/health",
-                flush=True,
-            )
+                print(gateway.url.rstrip("/"), flush=True)
             await stop.wait()
         finally:
-            print("shutting down", file=sys.stderr, flush=True)
+            LOGGER.info("shutting down")
             if gateway is not None:
                 await gateway.close()
             await server.close()
