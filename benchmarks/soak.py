@@ -106,7 +106,8 @@ class Soak:
         import kwik
         from tests.faults import loss, workload
         from tests.faults.lab import Certificates, PeerProcess
-        from tests.faults.peer import pattern, process_stats, request
+        from tests.faults.peer import echo_over, pattern, process_stats
+        from tests.faults.peer import server_stats as peer_stats
 
         certs = Certificates(self.workdir, ["localhost", "127.0.0.1"])
         tls = certs.client_tls()
@@ -119,18 +120,9 @@ class Soak:
         async def server_stats(peer: PeerProcess) -> dict[str, int] | None:
             try:
                 async with asyncio.timeout(10):
-                    session = await kwik.dial_addr(peer.addr, tls)
-                    try:
-                        stream = await request(session, "STATS")
-                        await stream.close()
-                        raw = bytearray()
-                        while data := await stream.read():
-                            raw += data
-                    finally:
-                        await session.close()
+                    stats = await peer_stats(peer.addr, tls)
             except (TimeoutError, kwik.KwikError, OSError):
                 return None
-            stats: dict[str, int] = json.loads(raw)
             stats["sessions"] -= 1  # not the STATS session itself
             return stats
 
@@ -153,7 +145,7 @@ class Soak:
             try:
                 results = await asyncio.gather(
                     *(
-                        _echo_on(session, request, pattern(9, s * 977, s * 977 + size))
+                        echo_over(session, pattern(9, s * 977, s * 977 + size))
                         for s in range(streams)
                     )
                 )
@@ -311,23 +303,6 @@ class Soak:
                 for (p, f), s in self.series.items()
             },
         }
-
-
-async def _echo_on(session: Any, request: Any, data: bytes) -> int:
-    stream = await request(session, "ECHO")
-
-    async def send() -> None:
-        await stream.write(data)
-        await stream.close()
-
-    writer = asyncio.create_task(send())
-    echoed = bytearray()
-    while chunk := await stream.read():
-        echoed += chunk
-    await writer
-    if echoed != data:
-        raise AssertionError(f"echo of {len(data)} bytes came back as {len(echoed)} bytes")
-    return len(data)
 
 
 def _clock(seconds: float) -> str:

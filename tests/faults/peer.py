@@ -158,6 +158,40 @@ async def request(session: kwik.Session, command: str) -> kwik.Stream:
     return stream
 
 
+async def echo_over(session: kwik.Session, data: bytes) -> int:
+    """Echo ``data`` on a new ECHO stream of ``session``, writing and reading at once; returns
+    the bytes echoed (raises AssertionError when they differ)."""
+    stream = await request(session, "ECHO")
+
+    async def send() -> None:
+        await stream.write(data)
+        await stream.close()
+
+    writer = asyncio.create_task(send())
+    echoed = bytearray()
+    while chunk := await stream.read():
+        echoed += chunk
+    await writer
+    if echoed != data:
+        raise AssertionError(f"echo of {len(data)} bytes came back as {len(echoed)} bytes")
+    return len(data)
+
+
+async def server_stats(addr: str, tls: kwik.TLSConfig) -> dict[str, int]:
+    """A fault server's STATS (over a session of its own, counted in ``sessions``)."""
+    session = await kwik.dial_addr(addr, tls)
+    try:
+        stream = await request(session, "STATS")
+        await stream.close()
+        raw = bytearray()
+        while data := await stream.read():
+            raw += data
+    finally:
+        await session.close()
+    stats: dict[str, int] = json.loads(raw)
+    return stats
+
+
 class FaultServer:
     """A listener serving the commands above on every session it accepts.
 

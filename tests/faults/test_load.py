@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 
 import pytest
@@ -19,7 +18,7 @@ import kwik
 
 from .conftest import StartPeer
 from .lab import Certificates
-from .peer import pattern_chunks, process_stats, read_all, request
+from .peer import pattern_chunks, process_stats, read_all, request, server_stats
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -64,20 +63,6 @@ async def _session(addr: str, tls: kwik.TLSConfig, index: int) -> int:
     return sum(counts)
 
 
-async def _server_stats(addr: str, tls: kwik.TLSConfig) -> dict[str, int]:
-    session = await kwik.dial_addr(addr, tls)
-    try:
-        stream = await request(session, "STATS")
-        await stream.close()
-        raw = bytearray()
-        while data := await stream.read():
-            raw += data
-    finally:
-        await session.close()
-    stats: dict[str, int] = json.loads(raw)
-    return stats
-
-
 async def test_fifty_sessions_ten_streams_echo(peers: StartPeer, certs: Certificates) -> None:
     """50 x 10 x 100 KiB echoed byte-exact through one listener; the server's sessions are all
     gone afterwards and its peak RSS stays sane."""
@@ -92,7 +77,7 @@ async def test_fifty_sessions_ten_streams_echo(peers: StartPeer, certs: Certific
     assert peak_kib is not None
     async with asyncio.timeout(30):
         while True:  # the STATS session itself is the only one left
-            stats = await _server_stats(server.addr, tls)
+            stats = await server_stats(server.addr, tls)
             if stats["sessions"] <= 1:
                 break
             await asyncio.sleep(0.2)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 import kwik
 from kwik.protocol import PingFrame, encode_record
 
-from .peer import pattern, request
+from .peer import echo_over, pattern
 
 __all__ = ["Cycles", "live_sessions", "mute_socket", "start_garbage_peer"]
 
@@ -115,18 +115,7 @@ class Cycles:
         data = self.payload if payload is None else payload
         session = await kwik.dial_addr(self.listener_addr, self.tls)
         try:
-            stream = await request(session, "ECHO")
-
-            async def send() -> None:
-                await stream.write(data)
-                await stream.close()
-
-            writer = asyncio.create_task(send())
-            echoed = bytearray()
-            while chunk := await stream.read():
-                echoed += chunk
-            await writer
-            assert echoed == data, f"echo of {len(data)} bytes came back as {len(echoed)}"
+            await echo_over(session, data)
         finally:
             await session.close()
         self.counts["clean"] += 1
