@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the long exchange sends this many times --size per session (default 4)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=25.0, help="seconds the whole check may take (25)"
+        "--timeout", type=float, default=60.0, help="seconds the whole check may take (60)"
     )
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.size < 1 or args.long_factor < 2:

@@ -11,8 +11,9 @@ kwik decides from evidence that does not depend on either application reading:
   nothing at all arrived for ``interval * miss_threshold``;
 * a **busy** path (bytes in flight) fails when nothing arrived for
   ``max(stall_timeout, 3 * PTO)`` since the bytes left or the last datagram, whichever is
-  later. While bytes are outstanding it is probed every third of that, so a peer that
-  withholds credit (its application not reading) keeps answering.
+  later. Once it has been quiet for a third of that, it is probed, so a peer that withholds
+  credit (its application not reading) keeps answering. A path that hears from its peer all
+  the time (a transfer) costs no probe beyond the heartbeat.
 
 The transport reports datagrams with :meth:`Liveness.on_activity` and the in-flight state with
 :meth:`Liveness.on_in_flight`, and acts on what :meth:`Liveness.handle_timer` returns.
@@ -29,8 +30,11 @@ class LivenessAction(Enum):
     """What the transport must do when the liveness timer fires."""
 
     NOTHING = "nothing"
+    HEARTBEAT = "heartbeat"
+    """The heartbeat is due (every ``interval``): a QUIC PING, and a KWIK Ping on the client
+    side of a path (as KWIK v2 does)."""
     PROBE = "probe"
-    """Send a probe: a QUIC PING, and a KWIK Ping on the client side of a path."""
+    """A busy path went quiet: a QUIC PING (the cheapest thing its peer must answer)."""
     FAIL = "fail"
     """The peer is silent past the bound: fail the path (see :attr:`Liveness.reason`)."""
 
@@ -40,6 +44,7 @@ class Liveness:
 
     __slots__ = (
         "_busy_since",
+        "_last_probe",
         "_next_probe",
         "_pto",
         "failed",
@@ -63,6 +68,7 @@ class Liveness:
         self._busy_since: float | None = None
         self._pto = 0.0
         self._next_probe = now + interval
+        self._last_probe = now
         self.failed = False
         self.reason = ""
         self.probes_sent = 0
@@ -121,8 +127,15 @@ class Liveness:
             self.reason = f"peer silent for {silent:.1f} s ({kind})"
             return LivenessAction.FAIL
         if now >= self._next_probe:
-            step = self.interval if self._busy_since is None else self.busy_bound / 3
-            self._next_probe = now + step
-            self.probes_sent += 1
-            return LivenessAction.PROBE
+            # the heartbeat is due every interval; a busy path is probed sooner, but only
+            # once it has been quiet (a datagram since says more than a probe would)
+            quiet_step = self.interval if self._busy_since is None else self.busy_bound / 3
+            heartbeat_due = now >= self._last_probe + self.interval
+            quiet_since = max(self.last_activity, self._last_probe)
+            if heartbeat_due or now >= quiet_since + quiet_step:
+                self._last_probe = now
+                self.probes_sent += 1
+                self._next_probe = now + quiet_step
+                return LivenessAction.HEARTBEAT if heartbeat_due else LivenessAction.PROBE
+            self._next_probe = min(self._last_probe + self.interval, quiet_since + quiet_step)
         return LivenessAction.NOTHING

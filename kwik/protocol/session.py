@@ -790,9 +790,9 @@ class SessionCore:
             if path.acks.ack_due(now):
                 self._mark_output(path)
             action = path.liveness.handle_timer(now)
-            if action is LivenessAction.PROBE:
+            if action is LivenessAction.PROBE or action is LivenessAction.HEARTBEAT:
                 self._events.append(ProbePath(path.path_id))
-                if self.is_client:
+                if action is LivenessAction.HEARTBEAT and self.is_client:
                     self._send_ping(path, now)
             elif action is LivenessAction.FAIL:
                 self.fail_path(path.path_id, path.liveness.reason, now)
