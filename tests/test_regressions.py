@@ -459,3 +459,52 @@ async def test_credit_hook_bounds_what_a_non_reading_receiver_holds(config) -> N
         await asyncio.gather(writer, return_exceptions=True)
         await client.abort()
         await listener.close()
+
+
+# --- r6: relay data awaiting a secondary's confirmation is bounded ------------------------------
+
+
+class _SilentKwikServer:
+    """A raw aioquic server speaking no KWIK at all: it completes handshakes and acknowledges
+    (QUIC does), but never answers an OpenStream."""
+
+    @staticmethod
+    async def start() -> tuple[object, str]:
+        from aioquic.asyncio import serve
+        from aioquic.quic.configuration import QuicConfiguration
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        configuration = QuicConfiguration(is_client=False, alpn_protocols=["kwik"])
+        configuration.certificate = x509.load_pem_x509_certificate(CERT)
+        configuration.private_key = serialization.load_pem_private_key(KEY, None)  # type: ignore[assignment]
+        server = await serve("127.0.0.1", 0, configuration=configuration)
+        port = server._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        return server, f"127.0.0.1:{port}"
+
+
+async def test_relay_data_for_an_unconfirmed_stream_is_bounded(config) -> None:
+    """r6_relay_pending_unbounded: a primary relays 20 MB for a stream the secondary never
+    confirms. The client holds at most relay_buffer of it; the primary's send_raw_data waits
+    instead of returning, and the session stays up."""
+    cfg = config.replace(relay_buffer=256 * 1024)
+    silent, silent_addr = await _SilentKwikServer.start()
+    try:
+        async with asyncio.timeout(30):
+            listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg)
+            accepted = asyncio.create_task(listener.accept())
+            client = await kwik.dial_addr(listener.addr, CLIENT_TLS, cfg)
+            primary = await accepted
+            relay = await primary.add_relay(silent_addr)
+            sender = asyncio.create_task(relay.send_raw_data(b"r" * 20_000_000, 9))
+            await asyncio.sleep(2.0)
+            assert not sender.done()  # back-pressure reached the primary
+            held = client._core._relay_backlog.get(relay.path_id, 0)
+            assert held <= cfg.relay_buffer + 64 * 1024
+            assert not client.is_closed and not primary.is_closed
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await client.close()
+            await listener.close()
+    finally:
+        silent.close()  # type: ignore[attr-defined]
