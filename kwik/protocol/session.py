@@ -52,7 +52,7 @@ from ..exceptions import (
     SessionClosedError,
     StreamClosedError,
 )
-from .acks import AckTracker
+from .acks import AckTracker, ack_ranges_fitting
 from .frames import (
     AckFrame,
     AddPathFrame,
@@ -476,7 +476,14 @@ class SessionCore:
 
     def _data_record(self, path: _Path, frame: Frame, payload: int) -> bytes:
         frames = [frame]
-        if payload <= _PIGGYBACK_LIMIT and path.acks.worth_piggybacking:
+        # an Ack rides along only if the largest one the tracker builds fits the record with
+        # the data frame (header <= 26 bytes); otherwise it goes alone, on its timer
+        fits = ack_ranges_fitting(self.config.max_record_size, payload + 26)
+        if (
+            payload <= _PIGGYBACK_LIMIT
+            and path.acks.worth_piggybacking
+            and fits >= path.acks.max_ranges
+        ):
             ack = path.acks.build_ack()
             if ack is not None:
                 path.stats.acks_sent += 1

@@ -1,0 +1,44 @@
+"""Fuzzing the sans-IO session core, and the defects the fuzzer found, as plain regressions.
+
+The machines and scenarios live in :mod:`tests.fuzz.core`; this file runs them with a fixed
+budget and fixed seeds (reproducible, about 30 s). ``python -m tests.fuzz --minutes N`` runs
+them longer with random seeds.
+"""
+
+from __future__ import annotations
+
+from kwik import Config
+from kwik.protocol import AckFrame, OpenStreamRespFrame, decode_packet, encode_packet
+from kwik.protocol.session import SessionCore
+
+MIB = 1024 * 1024
+
+
+def _frames(records: list[bytes]) -> list[object]:
+    return [f for r in records for f in decode_packet(r[8:]).frames]
+
+
+# --- regressions --------------------------------------------------------------------------------
+
+
+def test_piggybacked_ack_never_pushes_a_record_over_max_record_size() -> None:
+    """Found by the fuzzer (honest scenario, seed 0): a data frame of max_stream_frame_data
+    bytes plus a piggybacked Ack made a record of L1=1112 with max_record_size=1088, which the
+    peer's record reader rejects (protocol violation: the path fails)."""
+    config = Config(
+        max_stream_frame_data=1024, max_record_size=1088, max_ack_ranges=64, ack_threshold=2
+    )
+    client = SessionCore(is_client=True, config=config)
+    path = client.add_path(primary=True, now=0.0)
+    stream = client.open_stream()
+    client.data_to_send(path, MIB, 0.0)
+    confirm = encode_packet(1, [OpenStreamRespFrame(stream.stream_id, True)])
+    client.receive_record(path, confirm, 0.0)  # one packet to acknowledge: worth piggybacking
+    client.write(stream, bytes(3000))
+    records = client.data_to_send(path, MIB, 0.0)
+    assert sum(len(r) for r in records) > 3000  # the data went
+    assert max(len(r) - 4 for r in records) <= config.max_record_size
+    # the acknowledgement is not lost: it goes alone when its timer fires
+    later = client.data_to_send(path, MIB, config.ack_interval)
+    assert any(isinstance(f, AckFrame) for f in _frames(records + later))
+    assert max(len(r) - 4 for r in later) <= config.max_record_size
