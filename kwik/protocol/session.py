@@ -816,8 +816,7 @@ class SessionCore:
         if isinstance(frame, RelayDataFrame):
             return None if self._on_relay_data(path, frame, force) else frame
         if isinstance(frame, AddPathFrame):
-            self._on_add_path(path, frame)
-            return None
+            return None if self._on_add_path(path, frame, force) else frame
         if isinstance(frame, AddPathRespFrame):
             self._on_add_path_resp(path, frame)
             return None
@@ -1018,29 +1017,34 @@ class SessionCore:
         relayed.confirmed = True
         self._mark_output(path)
 
-    def _on_add_path(self, path: _Path, frame: AddPathFrame) -> None:
+    def _on_add_path(self, path: _Path, frame: AddPathFrame, force: bool) -> bool:
+        """Returns False when the frame must wait: its answer would go over the path's
+        control budget (as for OpenStream, a peer that does not read stops getting answers)."""
         address = frame.address
         if not self.is_client or path.terminated:
-            return
+            return True
+        if not force and self._control_full(path):
+            return False
         if path is not self._primary:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         for existing in self._paths.values():
             if existing.dialed_as == address and not existing.primary and not existing.terminated:
                 self._queue_control(path, [AddPathRespFrame(existing.path_id, address)])
-                return
+                return True
         requesters = self._dialing.get(address)
         if requesters is not None:
             requesters.append(path.path_id)  # a duplicated AddPath never dials twice
-            return
+            return True
         if self.error is not None or self.closing:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         if len(self.path_ids()) + len(self._dialing) >= self.config.max_paths:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         self._dialing[address] = [path.path_id]
         self._events.append(DialRequested(address))
+        return True
 
     def add_path_result(self, address: str, path_id: int) -> None:
         """Client: the dial that :class:`DialRequested` asked for ended; ``path_id`` is the new

@@ -8,7 +8,14 @@ them longer with random seeds.
 from __future__ import annotations
 
 from kwik import Config
-from kwik.protocol import AckFrame, OpenStreamRespFrame, decode_packet, encode_packet
+from kwik.protocol import (
+    AckFrame,
+    AddPathFrame,
+    AddPathRespFrame,
+    OpenStreamRespFrame,
+    decode_packet,
+    encode_packet,
+)
 from kwik.protocol.session import SessionCore
 
 MIB = 1024 * 1024
@@ -42,3 +49,30 @@ def test_piggybacked_ack_never_pushes_a_record_over_max_record_size() -> None:
     later = client.data_to_send(path, MIB, config.ack_interval)
     assert any(isinstance(f, AckFrame) for f in _frames(records + later))
     assert max(len(r) - 4 for r in later) <= config.max_record_size
+
+
+def test_add_path_answers_stay_within_the_control_budget() -> None:
+    """Found by the fuzzer: AddPath answers (AddPathResp) were queued without looking at
+    ``control_buffer``, so a peer that sends AddPath floods and never reads our output grew
+    the control queue without bound (40 AddPath frames on a relay path: 13,680 bytes queued
+    with control_buffer=400). Now the frame waits, and its path stops, like an OpenStream."""
+    config = Config(control_buffer=400)
+    client = SessionCore(is_client=True, config=config)
+    client.add_path(primary=True, now=0.0)
+    relay = client.add_path(primary=False, now=0.0)
+    client.data_to_send(relay, MIB, 0.0)
+    flood = encode_packet(1, [AddPathFrame("a" * 300)] * 40)
+    client.receive_record(relay, flood, 0.0)
+    queued = client._paths[relay].control_bytes  # noqa: SLF001 - the structure under test
+    assert queued <= config.control_buffer + 400  # the budget plus the answer that crossed it
+    assert not client.wants_records(relay)  # the rest waits: back-pressure, nothing dropped
+    # the peer reads: every AddPath is answered, within the budget each time
+    answers = []
+    for _ in range(100):
+        records = client.data_to_send(relay, MIB, 0.0)
+        if not records:
+            break
+        answers += [f for f in _frames(records) if isinstance(f, AddPathRespFrame)]
+        assert client._paths[relay].control_bytes <= config.control_buffer + 400  # noqa: SLF001
+    assert answers == [AddPathRespFrame(0, "a" * 300)] * 40
+    assert client.wants_records(relay)
