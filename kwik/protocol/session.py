@@ -470,8 +470,10 @@ class SessionCore:
                 room = self._send_relay_data(path, room, out)
             elif self.is_client:
                 room = self._send_forwarded(path, room, out)
-        if path.parked:
-            self._retry_parked()  # control output went down: a parked path may go on
+        if any(p.parked for p in self._paths.values()):
+            # control output went down: a parked path may go on (this one, or a client's
+            # primary whose RelayData waits for this relay path's control budget)
+            self._retry_parked()
         return out
 
     def _data_record(self, path: _Path, frame: Frame, payload: int) -> bytes:
@@ -991,6 +993,10 @@ class SessionCore:
             return False  # the relay path is slow: the primary waits for it
         relayed = self._relayed.get(key)
         if relayed is None:
+            if not force and self._control_full(target):
+                # its OpenStream would go over the relay path's control budget (empty
+                # RelayData frames cost no relay_buffer): the primary waits for the relay
+                return False
             relayed = self._relayed[key] = _Relayed(pending=deque())
             self._queue_control(target, [OpenStreamFrame(frame.dest_stream_id)])
         assert relayed.pending is not None

@@ -12,7 +12,9 @@ from kwik.protocol import (
     AckFrame,
     AddPathFrame,
     AddPathRespFrame,
+    OpenStreamFrame,
     OpenStreamRespFrame,
+    RelayDataFrame,
     decode_packet,
     encode_packet,
 )
@@ -76,3 +78,28 @@ def test_add_path_answers_stay_within_the_control_budget() -> None:
         assert client._paths[relay].control_bytes <= config.control_buffer + 400  # noqa: SLF001
     assert answers == [AddPathRespFrame(0, "a" * 300)] * 40
     assert client.wants_records(relay)
+
+
+def test_relay_data_for_new_streams_stays_within_the_relay_paths_control_budget() -> None:
+    """Found by the fuzzer: each RelayData for a new destination stream queues an OpenStream on
+    the relay path, and an empty one costs nothing against ``relay_buffer``, so a primary could
+    make the client queue any number of OpenStream records (300 empty RelayData frames: 10,200
+    bytes queued with control_buffer=400). Now the primary waits for the relay path."""
+    config = Config(control_buffer=400)
+    client = SessionCore(is_client=True, config=config)
+    primary = client.add_path(primary=True, now=0.0)
+    relay = client.add_path(primary=False, now=0.0)
+    flood = encode_packet(1, [RelayDataFrame(relay, sid, b"") for sid in range(1, 301)])
+    client.receive_record(primary, flood, 0.0)
+    queued = client._paths[relay].control_bytes  # noqa: SLF001 - the structure under test
+    assert queued <= config.control_buffer + 64
+    assert not client.wants_records(primary)  # back-pressure on the primary
+    opened = []
+    for _ in range(100):
+        records = client.data_to_send(relay, MIB, 0.0)
+        if not records:
+            break
+        opened += [f.stream_id for f in _frames(records) if isinstance(f, OpenStreamFrame)]
+        assert client._paths[relay].control_bytes <= config.control_buffer + 64  # noqa: SLF001
+    assert opened == list(range(1, 301))  # nothing dropped
+    assert client.wants_records(primary)
