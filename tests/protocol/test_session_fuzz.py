@@ -19,6 +19,7 @@ from kwik.protocol import (
     OpenStreamFrame,
     OpenStreamRespFrame,
     RelayDataFrame,
+    StreamFrame,
     decode_packet,
     encode_packet,
 )
@@ -44,7 +45,7 @@ def test_session_core_against_a_hostile_peer() -> None:
     run_state_machine_as_test(
         HostileCoreMachine,
         settings=settings(
-            max_examples=70,
+            max_examples=150,
             stateful_step_count=50,
             derandomize=True,
             database=None,
@@ -56,15 +57,15 @@ def test_session_core_against_a_hostile_peer() -> None:
     assert STATS.steps - steps > 1000 and STATS.checks - checks > 10_000  # it did run
 
 
-@pytest.mark.parametrize("first", [0, 12, 24])
+@pytest.mark.parametrize("first", [0, 16, 32])
 def test_honest_multi_server_streams_are_delivered_exactly(first: int) -> None:
     """A client, a primary and up to two relays: streams written in random pieces (some out
     of order, some by two servers at once) through random budgets and chunking; every reader
     gets exactly the bytes written, then EOF, and no budget is exceeded on the way."""
     runs, delivered = STATS.honest_runs, STATS.honest_bytes
-    for seed in range(first, first + 12):
+    for seed in range(first, first + 16):
         run_honest(seed)
-    assert STATS.honest_runs - runs == 12 and STATS.honest_bytes > delivered
+    assert STATS.honest_runs - runs == 16 and STATS.honest_bytes > delivered
 
 
 # --- regressions --------------------------------------------------------------------------------
@@ -198,3 +199,34 @@ def test_a_stream_written_out_of_order_beyond_the_window_is_delivered() -> None:
             break
         got += data or b""
     assert bytes(got) == b"H" * 16 + body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap, found by the fuzzer's session-budget invariant: the exception for "
+    "'bytes a waiting reader takes at once' applies to every accepted stream with nothing "
+    "readable, whether or not a reader waits, so the session budget is exceeded by up to "
+    "max_streams frames (defaults: 256 x ~1 MiB against session_receive_buffer=32 MiB)",
+)
+def test_accepted_streams_nobody_reads_stay_within_the_session_budget() -> None:
+    """The application accepts 64 streams and reads none; the peer sends one 64 KiB frame at
+    offset 0 of each. 4 MiB end up buffered against a 256 KiB session budget (16x)."""
+    config = Config(
+        stream_receive_buffer=64 * 1024,
+        session_receive_buffer=256 * 1024,
+        max_streams=64,
+        stream_backlog=64,
+    )
+    server = SessionCore(is_client=False, config=config)
+    path = server.add_path(primary=True, now=0.0)
+    opens = encode_packet(1, [OpenStreamFrame(i) for i in range(1, 65)])
+    server.receive_record(path, opens, 0.0)
+    while server.accept_stream() is not None:
+        pass
+    for i in range(1, 65):
+        if not server.wants_records(path):
+            break
+        frame = StreamFrame(i, 0, False, bytes(64 * 1024))
+        server.receive_record(path, encode_packet(1 + i, [frame]), 0.0)
+    # one frame's worth of slack (a reader that does wait) is fine; 4 MiB is not
+    assert server.receive_buffered <= config.session_receive_buffer + 64 * 1024
