@@ -954,7 +954,9 @@ class SessionCore:
         if stream is None or stream.open_path != path.path_id:
             return  # not ours, or an answer on another path than the one that asked: ignored
         del self._opening[frame.stream_id]
-        if frame.success:
+        # the id may have been taken meanwhile by a stream the peer opened implicitly (a Stream
+        # frame): never replace it, move to another id as for a refusal
+        if frame.success and frame.stream_id not in self._streams:
             stream.open_state = OpenState.OPEN
             self._streams[stream.stream_id] = stream
             if stream.has_unsent:

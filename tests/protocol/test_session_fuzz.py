@@ -230,3 +230,27 @@ def test_accepted_streams_nobody_reads_stay_within_the_session_budget() -> None:
         server.receive_record(path, encode_packet(1 + i, [frame]), 0.0)
     # one frame's worth of slack (a reader that does wait) is fine; 4 MiB is not
     assert server.receive_buffered <= config.session_receive_buffer + 64 * 1024
+
+
+def test_confirmation_for_an_id_the_peer_took_meanwhile_never_replaces_its_stream() -> None:
+    """Found by the fuzzer (accounting invariant): the client opens stream 1; before the answer,
+    the peer sends a Stream frame for id 1 (an implicit open: a new peer stream 1 is accepted);
+    then the peer confirms our OpenStream(1). The confirmation replaced the peer's stream in
+    the table: the stream already handed to accept_stream() never got another byte (they went
+    into ours) and its slot of max_streams was never released. Now the local stream moves to
+    another id, as after a refusal."""
+    client = SessionCore(is_client=True, config=Config(max_streams=4))
+    path = client.add_path(primary=True, now=0.0)
+    ours = client.open_stream()
+    assert ours.stream_id == 1
+    client.data_to_send(path, MIB, 0.0)
+    client.receive_record(path, encode_packet(1, [StreamFrame(1, 0, False, b"theirs")]), 0.0)
+    theirs = client.accept_stream()
+    assert theirs is not None and theirs.stream_id == 1
+    client.receive_record(path, encode_packet(2, [OpenStreamRespFrame(1, True)]), 0.0)
+    client.receive_record(path, encode_packet(3, [StreamFrame(1, 6, True, b"!")]), 0.0)
+    assert client.read(theirs, 100) == b"theirs!"
+    assert client.read(theirs, 100) == b""  # the peer's stream got its FIN, not ours
+    assert client.stream_for(1) is theirs
+    frames = _frames(client.data_to_send(path, MIB, 0.0))
+    assert OpenStreamFrame(ours.stream_id) in frames and ours.stream_id != 1  # ours moved on
