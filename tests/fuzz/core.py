@@ -254,6 +254,10 @@ def check_core(core: SessionCore, streams: Iterable[StreamState], exempt: Exempt
         f"peer-opened count {core._remote_open} != peer streams held {remote}",  # noqa: SLF001
     )
     for path in core._paths.values():  # noqa: SLF001
+        check(
+            core.wants_records(path.path_id) == (not path.parked and not path.terminated),
+            f"path {path.path_id}: wants_records disagrees with its parked frames",
+        )
         queued = sum(len(r) for r in path.control)
         check(queued == path.control_bytes, f"path {path.path_id}: control_bytes mismatch")
         answers = _peer_driven_control(core, path)
@@ -666,10 +670,19 @@ class HostileCoreMachine(RuleBasedStateMachine):
         if stream is None:
             return
         offset = stream.recv.read_offset
+        readable = self.core.readable(stream)
         try:
             data = self.core.read(stream, n)
         except (StreamClosedError, SessionClosedError):
+            check(readable, "read() raised although readable() was False")
             data = None
+        else:
+            check(
+                readable == (data is not None),
+                f"readable()={readable} but read() returned {data!r:.20}",
+            )
+        if data == b"":
+            check(stream.recv.at_eof, f"stream {stream.stream_id}: EOF before the final offset")
         if data:
             check(len(data) <= n, f"read({n}) returned {len(data)} bytes")
             check(
@@ -798,9 +811,29 @@ class HostileCoreMachine(RuleBasedStateMachine):
             if activity:
                 self.core.on_activity(path_id, self.now)
             self.core.on_in_flight(path_id, in_flight, pto, self.now)
-        timer = self.core.get_timer()
+        core = self.core
+        timer = core.get_timer()
         if timer is not None and timer <= self.now:
-            self.core.handle_timer(self.now)
+            core.handle_timer(self.now)
+            self._after()
+            # what the adapter does next: pull the output; then the timer must lie ahead
+            # (an adapter re-arming it at once would spin)
+            for path_id in core.paths_with_output():
+                records = core.data_to_send(path_id, 1 << 30, self.now)
+                check_output(core, path_id, records, self.out_numbers)
+            timer = core.get_timer()
+            check(
+                timer is None or timer > self.now,
+                f"timer {timer} not after now={self.now} once handled and output pulled",
+            )
+        self._after()
+
+    @rule(budget=st.integers(0, 20_000))
+    def pull_output(self, budget: int) -> None:
+        """What the adapter does after any input: pull the output of paths_with_output()."""
+        for path_id in self.core.paths_with_output():
+            records = self.core.data_to_send(path_id, budget, self.now)
+            check_output(self.core, path_id, records, self.out_numbers)
         self._after()
 
     @invariant()
