@@ -496,7 +496,7 @@ class HostileCoreMachine(RuleBasedStateMachine):
         if path_id is None:
             return
         if number is None:
-            number = self.numbers.get(path_id, 0) + 1
+            number = min(self.numbers.get(path_id, 0) + 1, U64_MAX)
         self.numbers[path_id] = max(self.numbers.get(path_id, 0), number)
         body = encode_packet(number, frames)
         self.readers[path_id].feed(struct.pack(">II", len(body) + 4, len(body)) + body)
@@ -566,7 +566,7 @@ class HostileCoreMachine(RuleBasedStateMachine):
             return
         base = self.numbers.get(path_id, 0)
         for i in range(count):
-            self._feed(path, [PingFrame()], base + stride * (i + 1))
+            self._feed(path, [PingFrame()], min(base + stride * (i + 1), U64_MAX))
 
     @rule(
         path=st.integers(0, 3),
@@ -579,7 +579,7 @@ class HostileCoreMachine(RuleBasedStateMachine):
         path_id = self._path(path)
         if path_id is None:
             return
-        body = bytearray(encode_packet(self.numbers.get(path_id, 0) + 1, frames))
+        body = bytearray(encode_packet(min(self.numbers.get(path_id, 0) + 1, U64_MAX), frames))
         if kind == "truncate":
             del body[where % len(body) :]
         elif kind == "flip":
