@@ -104,6 +104,8 @@ _MAX_OPEN_ATTEMPTS = 16
 #: Finished streams whose final offsets a session remembers (late frames are dropped, and
 #: their ids are not reused by this side for a while).
 _RETIRED_MEMORY = 4096
+#: Encoded AddPathResp record without its address: prefixes 8, header 17, frame 17.
+_ADD_PATH_RESP_RECORD = 8 + 17 + 17
 #: Control bytes a path may send beyond its data budget (acks and answers keep flowing when
 #: stream data fills the window).
 _CONTROL_SLACK = 64 * 1024
@@ -1042,7 +1044,12 @@ class SessionCore:
                 return True
         requesters = self._dialing.get(address)
         if requesters is not None:
-            requesters.append(path.path_id)  # a duplicated AddPath never dials twice
+            # a duplicated AddPath never dials twice, but each is answered when the dial ends,
+            # all at once: beyond control_buffer of such answers, the frame waits
+            answer = _ADD_PATH_RESP_RECORD + len(address.encode())
+            if not force and len(requesters) * answer > self.config.control_buffer:
+                return False
+            requesters.append(path.path_id)
             return True
         if self.error is not None or self.closing:
             self._queue_control(path, [AddPathRespFrame(0, address)])

@@ -23,7 +23,7 @@ from kwik.protocol import (
     decode_packet,
     encode_packet,
 )
-from kwik.protocol.session import SessionCore
+from kwik.protocol.session import DialRequested, SessionCore
 from tests.fuzz.core import STATS, HostileCoreMachine, run_honest
 
 MIB = 1024 * 1024
@@ -254,3 +254,34 @@ def test_confirmation_for_an_id_the_peer_took_meanwhile_never_replaces_its_strea
     assert client.stream_for(1) is theirs
     frames = _frames(client.data_to_send(path, MIB, 0.0))
     assert OpenStreamFrame(ours.stream_id) in frames and ours.stream_id != 1  # ours moved on
+
+
+def test_duplicate_add_path_answers_pending_a_dial_are_bounded() -> None:
+    """Found by the fuzzer (10-minute run): AddPath frames repeating an address being dialled
+    are each answered when the dial ends, all at once, so a flood of duplicates queued any
+    number of answers in one go (24 duplicates: 1,296 bytes with control_buffer=200). Beyond
+    control_buffer of such pending answers the frame now waits (its path parks), and every
+    duplicate is still answered once the dial is over."""
+    config = Config(control_buffer=200)
+    client = SessionCore(is_client=True, config=config)
+    primary = client.add_path(primary=True, now=0.0)
+    client.data_to_send(primary, MIB, 0.0)
+    address = "10.0.0.1:443"
+    client.receive_record(primary, encode_packet(1, [AddPathFrame(address)] * 24), 0.0)
+    assert not client.wants_records(primary)  # the duplicates beyond the budget wait
+    answers = []
+    dials = 0
+    bound = 2 * config.control_buffer + 64  # pending answers plus other control output
+    for _ in range(100):
+        # each dial fails; the duplicates that waited then ask again (a new dial)
+        while (event := client.next_event()) is not None:
+            if isinstance(event, DialRequested):
+                dials += 1
+                client.add_path_result(event.address, 0)
+        assert client._paths[primary].control_bytes <= bound  # noqa: SLF001
+        records = client.data_to_send(primary, MIB, 0.0)
+        answers += [f for f in _frames(records) if isinstance(f, AddPathRespFrame)]
+        if not records and client.wants_records(primary) and not client.has_events:
+            break
+    assert answers == [AddPathRespFrame(0, address)] * 24  # every AddPath answered
+    assert dials >= 2
