@@ -266,7 +266,7 @@ def check_core(core: SessionCore, streams: Iterable[StreamState], exempt: Exempt
         check(
             answers <= 2 * config.control_buffer + config.max_record_size,
             f"path {path.path_id}: {answers} bytes of answers queued > control_buffer="
-            f"{config.control_buffer} + one record ({len(path.control)} records)",
+            f"{config.control_buffer} x 2 + one record ({len(path.control)} records)",
         )
         if path.parked:
             size = len(encode_packet(0, list(path.parked)))
