@@ -45,7 +45,7 @@ def test_session_core_against_a_hostile_peer() -> None:
     run_state_machine_as_test(
         HostileCoreMachine,
         settings=settings(
-            max_examples=150,
+            max_examples=220,
             stateful_step_count=50,
             derandomize=True,
             database=None,
