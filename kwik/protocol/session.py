@@ -52,7 +52,7 @@ from ..exceptions import (
     SessionClosedError,
     StreamClosedError,
 )
-from .acks import AckTracker
+from .acks import AckTracker, ack_ranges_fitting
 from .frames import (
     AckFrame,
     AddPathFrame,
@@ -104,8 +104,12 @@ _MAX_OPEN_ATTEMPTS = 16
 #: Finished streams whose final offsets a session remembers (late frames are dropped, and
 #: their ids are not reused by this side for a while).
 _RETIRED_MEMORY = 4096
+#: Longest AddPath address accepted: a DNS name (253) with brackets, a colon and a port.
+MAX_ADDRESS_LENGTH = 264
 #: Ended paths whose counters the core keeps for statistics.
 _ENDED_MEMORY = 16
+#: Encoded AddPathResp record without its address: prefixes 8, header 17, frame 17.
+_ADD_PATH_RESP_RECORD = 8 + 17 + 17
 #: Control bytes a path may send beyond its data budget (acks and answers keep flowing when
 #: stream data fills the window).
 _CONTROL_SLACK = 64 * 1024
@@ -224,7 +228,6 @@ class StreamState:
     """
 
     __slots__ = (
-        "_done_reading",
         "accepted",
         "bytes_read",
         "bytes_written",
@@ -237,6 +240,7 @@ class StreamState:
         "open_path",
         "open_state",
         "read_cancelled",
+        "reader_waiting",
         "recv",
         "retired",
         "segments",
@@ -256,7 +260,7 @@ class StreamState:
         self.accepted = local
         self.recv = ReceiveBuffer(window, fragments)
         self.read_cancelled = False
-        self._done_reading = False
+        self.reader_waiting = False  # read() found nothing: the application waits for data
         # send side: [offset, bytes] segments not yet handed to a path
         self.segments: deque[list[int | bytearray]] = deque()
         self.send_buffered = 0
@@ -473,13 +477,22 @@ class SessionCore:
                 room = self._send_relay_data(path, room, out)
             elif self.is_client:
                 room = self._send_forwarded(path, room, out)
-        if path.parked:
-            self._retry_parked()  # control output went down: a parked path may go on
+        if any(p.parked for p in self._paths.values()):
+            # control output went down: a parked path may go on (this one, or a client's
+            # primary whose RelayData waits for this relay path's control budget)
+            self._retry_parked()
         return out
 
     def _data_record(self, path: _Path, frame: Frame, payload: int) -> bytes:
         frames = [frame]
-        if payload <= _PIGGYBACK_LIMIT and path.acks.worth_piggybacking:
+        # an Ack rides along only if the largest one the tracker builds fits the record with
+        # the data frame (header <= 26 bytes); otherwise it goes alone, on its timer
+        fits = ack_ranges_fitting(self.config.max_record_size, payload + 26)
+        if (
+            payload <= _PIGGYBACK_LIMIT
+            and path.acks.worth_piggybacking
+            and fits >= path.acks.max_ranges
+        ):
             ack = path.acks.build_ack()
             if ack is not None:
                 path.stats.acks_sent += 1
@@ -817,8 +830,7 @@ class SessionCore:
         if isinstance(frame, RelayDataFrame):
             return None if self._on_relay_data(path, frame, force) else frame
         if isinstance(frame, AddPathFrame):
-            self._on_add_path(path, frame)
-            return None
+            return None if self._on_add_path(path, frame, force) else frame
         if isinstance(frame, AddPathRespFrame):
             self._on_add_path_resp(path, frame)
             return None
@@ -886,10 +898,10 @@ class SessionCore:
         if (
             data
             and self._recv_buffered + len(data) > self.config.session_receive_buffer
-            and not (stream.accepted and offset <= recv.contiguous_end and recv.readable == 0)
+            and not (stream.reader_waiting and offset <= recv.contiguous_end and not recv.readable)
         ):
-            # the session's budget is spent: only what a waiting reader (of a stream the
-            # application accepted) takes at once goes in
+            # the session's budget is spent: only what a reader waiting on this stream takes at
+            # once goes in (so a reader never waits on the budget other streams hold)
             return frame
         if recv.receive(offset, data, fin) == REFUSED:
             return frame  # too many separate pieces: wait until the gaps fill
@@ -954,7 +966,9 @@ class SessionCore:
         if stream is None or stream.open_path != path.path_id:
             return  # not ours, or an answer on another path than the one that asked: ignored
         del self._opening[frame.stream_id]
-        if frame.success:
+        # the id may have been taken meanwhile by a stream the peer opened implicitly (a Stream
+        # frame): never replace it, move to another id as for a refusal
+        if frame.success and frame.stream_id not in self._streams:
             stream.open_state = OpenState.OPEN
             self._streams[stream.stream_id] = stream
             if stream.has_unsent:
@@ -993,6 +1007,10 @@ class SessionCore:
             return False  # the relay path is slow: the primary waits for it
         relayed = self._relayed.get(key)
         if relayed is None:
+            if not force and self._control_full(target):
+                # its OpenStream would go over the relay path's control budget (empty
+                # RelayData frames cost no relay_buffer): the primary waits for the relay
+                return False
             relayed = self._relayed[key] = _Relayed(pending=deque())
             self._queue_control(target, [OpenStreamFrame(frame.dest_stream_id)])
         assert relayed.pending is not None
@@ -1019,29 +1037,45 @@ class SessionCore:
         relayed.confirmed = True
         self._mark_output(path)
 
-    def _on_add_path(self, path: _Path, frame: AddPathFrame) -> None:
+    def _on_add_path(self, path: _Path, frame: AddPathFrame, force: bool) -> bool:
+        if len(frame.address) > MAX_ADDRESS_LENGTH:
+            # no "host:port" is this long, and the answer (which echoes it) might not fit a
+            # record: a peer sending one is broken or hostile
+            raise ProtocolViolationError(
+                f"AddPath address of {len(frame.address)} characters (at most {MAX_ADDRESS_LENGTH})"
+            )
+        """Returns False when the frame must wait: its answer would go over the path's
+        control budget (as for OpenStream, a peer that does not read stops getting answers)."""
         address = frame.address
         if not self.is_client or path.terminated:
-            return
+            return True
+        if not force and self._control_full(path):
+            return False
         if path is not self._primary:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         for existing in self._paths.values():
             if existing.dialed_as == address and not existing.primary and not existing.terminated:
                 self._queue_control(path, [AddPathRespFrame(existing.path_id, address)])
-                return
+                return True
         requesters = self._dialing.get(address)
         if requesters is not None:
-            requesters.append(path.path_id)  # a duplicated AddPath never dials twice
-            return
+            # a duplicated AddPath never dials twice, but each is answered when the dial ends,
+            # all at once: beyond control_buffer of such answers, the frame waits
+            answer = _ADD_PATH_RESP_RECORD + len(address.encode())
+            if not force and len(requesters) * answer > self.config.control_buffer:
+                return False
+            requesters.append(path.path_id)
+            return True
         if self.error is not None or self.closing:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         if len(self.path_ids()) + len(self._dialing) >= self.config.max_paths:
             self._queue_control(path, [AddPathRespFrame(0, address)])
-            return
+            return True
         self._dialing[address] = [path.path_id]
         self._events.append(DialRequested(address))
+        return True
 
     def add_path_result(self, address: str, path_id: int) -> None:
         """Client: the dial that :class:`DialRequested` asked for ended; ``path_id`` is the new
@@ -1146,6 +1180,7 @@ class SessionCore:
         if stream.read_cancelled:
             raise StreamClosedError(f"reading stream {stream.stream_id} was cancelled")
         recv = stream.recv
+        stream.reader_waiting = False
         if recv.readable:
             held = recv.buffered
             data = recv.read(n)
@@ -1158,6 +1193,9 @@ class SessionCore:
             return b""
         if self.error is not None:
             raise SessionClosedError(self.error.code, self.error.reason, self.error.remote)
+        stream.reader_waiting = True
+        if any(p.parked for p in self._paths.values()):
+            self._retry_parked()  # a frame waiting on the session budget may be its data
         return None
 
     def _after_read(self, stream: StreamState) -> None:
