@@ -125,7 +125,6 @@ class Path(QuicConnectionProtocol):
         self._local_close = False
         self.window_blocked = False
         self._ping_uid = 0
-        self._on_terminated_callbacks: list[Callable[[], None]] = []
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -418,12 +417,6 @@ class Path(QuicConnectionProtocol):
         )
         if self.owner is not None:
             self.owner._path_terminated(self)
-        for callback in self._on_terminated_callbacks:
-            callback()
-
-    def on_terminated(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the QUIC connection has ended."""
-        self._on_terminated_callbacks.append(callback)
 
     # --- statistics -----------------------------------------------------------------------------
 

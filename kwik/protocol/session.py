@@ -1442,6 +1442,3 @@ class SessionCore:
     def receive_buffered(self) -> int:
         """Bytes held by every stream's reassembly (the session budget's use)."""
         return self._recv_buffered
-
-    def is_relay(self, relay_path_id: int) -> bool:
-        return relay_path_id in self._relay_out
