@@ -270,11 +270,13 @@ class Session:
         Called after every input to the core; safe to call re-entrantly (the outer call
         loops until nothing is left).
         """
+        core = self._core
         if self._processing:
             self._again = True
             return
+        if core.idle:
+            return  # the common case after a read or a write that changed nothing
         self._processing = True
-        core = self._core
         try:
             while True:
                 self._again = False
@@ -288,7 +290,8 @@ class Session:
                     break
         finally:
             self._processing = False
-        self._arm_timer()
+        if core.timer_dirty:
+            self._arm_timer()
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, StreamReadable):
@@ -355,15 +358,21 @@ class Session:
             self._primary.transmit_now()
 
     def _arm_timer(self) -> None:
+        """Make the one timer fire no later than the core's next deadline.
+
+        An armed timer that fires sooner is kept (it only costs a wake-up, after which the
+        timer is armed for the real deadline): the deadline moves with every message, and
+        replacing a loop timer each time was a measurable share of a round trip.
+        """
         deadline = self._core.get_timer()
-        if deadline == self._timer_at:
+        if deadline is None or (
+            self._timer is not None and self._timer_at is not None and self._timer_at <= deadline
+        ):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

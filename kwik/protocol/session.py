@@ -406,6 +406,8 @@ class SessionCore:
         # close
         self.closing = False
         self.error: SessionClosedError | None = None
+        #: set whenever a deadline may have moved; :meth:`get_timer` clears it
+        self.timer_dirty = True
         self._in_retry = False
 
     # --- events and output ------------------------------------------------------------------
@@ -413,6 +415,12 @@ class SessionCore:
     @property
     def has_events(self) -> bool:
         return bool(self._events)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing for the adapter to do: no event, no output, and :meth:`get_timer` cannot have
+        moved earlier since :meth:`get_timer` was last called."""
+        return not self._events and not self._with_output and not self.timer_dirty
 
     def next_event(self) -> Event | None:
         """The next event for the adapter, or None."""
@@ -451,6 +459,7 @@ class SessionCore:
         path = self._paths.get(path_id)
         if path is None or path.terminated or path.closing:
             return []
+        self.timer_dirty = True  # acknowledgements go out, their deadline moves
         out: list[bytes] = []
         room = budget
         control_room = budget + _CONTROL_SLACK
@@ -593,6 +602,7 @@ class SessionCore:
         """
         path_id = self._next_path_id
         self._next_path_id += 1
+        self.timer_dirty = True
         path = _Path(path_id, primary, self.config, now)
         path.dialed_as = dialed_as
         self._paths[path_id] = path
@@ -644,7 +654,10 @@ class SessionCore:
         liveness = path.liveness
         was_busy = liveness.busy
         liveness.on_in_flight(in_flight, pto, now)
-        return liveness.busy != was_busy
+        if liveness.busy != was_busy:
+            self.timer_dirty = True
+            return True
+        return False
 
     def receive_record(
         self, path_id: int, record: bytes | bytearray | memoryview, now: float
@@ -662,6 +675,7 @@ class SessionCore:
         except ProtocolViolationError as exc:
             self.fail_path(path_id, f"protocol violation: {exc}", now)
             return
+        self.timer_dirty = True
         stats = path.stats
         stats.packets_received += 1
         if not path.acks.on_packet(packet.packet_number, packet.ack_eliciting, now):
@@ -752,6 +766,7 @@ class SessionCore:
         path = self._paths.get(path_id)
         if path is None or path.terminated:
             return
+        self.timer_dirty = True
         path.terminated = True
         path.control.clear()
         path.control_bytes = 0
@@ -786,6 +801,7 @@ class SessionCore:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called."""
+        self.timer_dirty = False
         deadline: float | None = None
         for path in self._paths.values():
             if path.terminated or path.closing:
@@ -797,6 +813,7 @@ class SessionCore:
 
     def handle_timer(self, now: float) -> None:
         """Send due acknowledgements, probe quiet paths, fail silent ones."""
+        self.timer_dirty = True
         for path in list(self._paths.values()):
             if path.terminated or path.closing:
                 continue
@@ -1416,6 +1433,7 @@ class SessionCore:
 
     def _terminate(self, error: SessionClosedError) -> None:
         self.error = error
+        self.timer_dirty = True
         self._sendable.clear()
         for path in list(self._paths.values()):
             if not path.terminated:
