@@ -45,7 +45,9 @@ def test_worker_pool_check_passes() -> None:
         "PASS: pool reference count >= 50 while the sessions are open",
         "PASS: short exchange: 50 x 65536 bytes echoed intact",
         "PASS: task count does not grow with the number of packets",
-        "PASS: the pool is gone once every session and the listener closed",
+        "PASS: the pool is gone once every session closed",
+        "PASS: a listener without sessions holds no pool",
+        "PASS: the first session created the worker pool",
         "PASS: task count back where it started",
     ):
         assert check in result.stdout, output

@@ -39,9 +39,12 @@ CLEAN_PER_BLOCK = 12
 CYCLES = BLOCKS * (CLEAN_PER_BLOCK + 3)
 #: blocks run at once (each block's cycles run one after the other)
 CONCURRENT_BLOCKS = 5
-#: RSS growth tolerated over the 300 cycles (allocator noise; a per-cycle leak of ~30 KB or
-#: more breaks it)
-RSS_TOLERANCE_KIB = 10 * 1024
+#: RSS growth tolerated over the second half of the cycles. The first cycles still raise the
+#: heap's high-water mark (by how much depends on what the process did before: a few MiB alone,
+#: over 10 MiB after the rest of the suite), and the growth then flattens (960 cycles measured:
+#: +12 KB per 60 cycles at the end); a leak keeps growing at the same rate, and one of ~30 KB
+#: per cycle or more breaks this.
+RSS_TOLERANCE_KIB = 5 * 1024
 
 
 def _snapshot() -> dict[str, int]:
@@ -108,8 +111,12 @@ async def test_dial_close_cycles_leak_nothing(
         await asyncio.gather(*(_block(cycles) for _ in range(CONCURRENT_BLOCKS)))
         baseline = await _settle(_snapshot())
         started = time.monotonic()
-        for _ in range(BLOCKS // CONCURRENT_BLOCKS):  # a graceful close takes ~0.1 s: overlap
+        rounds = BLOCKS // CONCURRENT_BLOCKS
+        middle = baseline
+        for done in range(rounds):  # a graceful close takes ~0.1 s: overlap
             await asyncio.gather(*(_block(cycles) for _ in range(CONCURRENT_BLOCKS)))
+            if done + 1 == rounds // 2:
+                middle = await _settle(baseline)
         elapsed = time.monotonic() - started
         after = await _settle(baseline)
     finally:
@@ -120,7 +127,8 @@ async def test_dial_close_cycles_leak_nothing(
             await asyncio.sleep(0.05)
     print(
         f"\n[faults] leaks: {CYCLES} cycles ({cycles.counts}) in {elapsed:.1f} s; "
-        f"RSS {baseline['rss']} -> {after['rss']} KiB, fds {baseline['fds']} -> {after['fds']}, "
+        f"RSS {baseline['rss']} -> {middle['rss']} -> {after['rss']} KiB, "
+        f"fds {baseline['fds']} -> {after['fds']}, "
         f"tasks {baseline['tasks']} -> {after['tasks']}, "
         f"live sessions {baseline['sessions']} -> {after['sessions']}"
     )
@@ -130,7 +138,7 @@ async def test_dial_close_cycles_leak_nothing(
     # sessions still closing (QUIC's draining period) were waited for; at most the listener's
     # last accepted session may still be referenced; 300 cycles leaking would leave dozens
     assert after["sessions"] <= max(baseline["sessions"], 1)
-    assert after["rss"] - baseline["rss"] < RSS_TOLERANCE_KIB
+    assert after["rss"] - middle["rss"] < RSS_TOLERANCE_KIB
     assert server.errors == []
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
