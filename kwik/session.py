@@ -805,8 +805,6 @@ class Session:
             done, not_done = await asyncio.wait(waits, timeout=max(self._config.close_timeout, 1.0))
             for wait in not_done:
                 wait.cancel()
-            # every task started here has ended when this returns: none is left behind
-            await asyncio.gather(*not_done, return_exceptions=True)
             for path in pending:
                 if not path.terminated:
                     path.abort()
