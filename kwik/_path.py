@@ -124,7 +124,6 @@ class Path(QuicConnectionProtocol):
         self._resume_handle: Any = None
         self._local_close = False
         self.window_blocked = False
-        self._in_flight = False  # what the owner was last told (see transmit)
         self._ping_uid = 0
         # statistics
         self.bytes_sent = 0
@@ -211,11 +210,9 @@ class Path(QuicConnectionProtocol):
         _aioquic.rearm_timer(self, quic.get_timer())
         owner = self.owner
         if owner is not None and self.state is PathState.ACTIVE:
-            # the owner only needs the changes (liveness: busy or idle), not every transmit
-            in_flight = _aioquic.bytes_in_flight(quic) > 0
-            if in_flight is not self._in_flight:
-                self._in_flight = in_flight
-                owner._path_transmitted(self, in_flight, _aioquic.probe_timeout(quic))
+            owner._path_transmitted(
+                self, _aioquic.bytes_in_flight(quic) > 0, _aioquic.probe_timeout(quic)
+            )
 
     def transmit_now(self) -> None:
         """Send what is pending at once instead of on the next loop iteration (small writes,
