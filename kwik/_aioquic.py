@@ -40,6 +40,9 @@ __all__ = [
     "peer_address",
     "probe_timeout",
     "rearm_timer",
+    "request_probe",
+    "rtt_variance",
+    "send_blocked",
     "smoothed_rtt",
     "transmit_handle",
     "unacked_bytes",
@@ -63,6 +66,9 @@ class AioquicHookError(ImportError):
 # name, where, how to check
 _CONNECTION_ATTRS = (
     "_close_event",
+    "_probe_pending",
+    "_remote_max_data",
+    "_remote_max_data_used",
     "_streams",
     "_loss",
     "_network_paths",
@@ -112,12 +118,19 @@ def hook_report() -> list[tuple[str, bool, str]]:
     for name in _CONNECTION_ATTRS:
         note(f"QuicConnection.{name}", hasattr(quic, name), "instance attribute")
     loss = getattr(quic, "_loss", None)
-    for name in ("_rtt_smoothed", "_rtt_initialized", "bytes_in_flight", "get_probe_timeout"):
+    for name in (
+        "_rtt_smoothed",
+        "_rtt_variance",
+        "_rtt_initialized",
+        "_pto_count",
+        "bytes_in_flight",
+        "get_probe_timeout",
+    ):
         note(f"QuicPacketRecovery.{name}", hasattr(loss, name), "RTT, PTO, bytes in flight")
     limit = getattr(quic, "_local_max_streams_bidi", None)
     note("Limit.value/sent", hasattr(limit, "value") and hasattr(limit, "sent"), "stream limits")
     sender = QuicStreamSender(stream_id=0, writable=True)
-    for name in ("_buffer_start", "_buffer_stop"):
+    for name in ("_buffer_start", "_buffer_stop", "next_offset"):
         note(f"QuicStreamSender.{name}", hasattr(sender, name), "unacknowledged bytes")
     # a protocol needs a running loop to be built: read what its constructor sets instead
     try:
@@ -205,8 +218,37 @@ def bytes_in_flight(quic: QuicConnection) -> int:
 
 
 def probe_timeout(quic: QuicConnection) -> float:
-    """QUIC's probe timeout (PTO) in seconds, without backoff."""
-    return float(quic._loss.get_probe_timeout())
+    """QUIC's probe timeout (PTO) in seconds, with its backoff (``PTO * 2**pto_count``): how
+    long QUIC itself may legitimately stay silent before its next probe."""
+    loss = quic._loss
+    return float(loss.get_probe_timeout()) * float(2 ** int(loss._pto_count))
+
+
+def rtt_variance(quic: QuicConnection) -> float | None:
+    """aioquic's RTT variation in seconds, None before the first sample."""
+    loss = quic._loss
+    if not loss._rtt_initialized:
+        return None
+    return float(loss._rtt_variance)
+
+
+def send_blocked(quic: QuicConnection) -> bool:
+    """Whether the transport stream holds bytes QUIC may not send: the peer's flow-control
+    credit (stream or connection) is used up."""
+    stream = quic._streams.get(TRANSPORT_STREAM_ID)
+    if stream is None:
+        return False
+    sender = stream.sender
+    if sender.next_offset >= sender._buffer_stop:
+        return False  # nothing unsent
+    stream_full = sender.next_offset >= stream.max_stream_data_remote
+    return bool(stream_full or quic._remote_max_data_used >= quic._remote_max_data)
+
+
+def request_probe(quic: QuicConnection) -> None:
+    """Make the next packet a probe, which may go beyond the congestion window (RFC 9002
+    §7: only probes may): a liveness probe must leave even when the window is full."""
+    quic._probe_pending = True
 
 
 def smoothed_rtt(quic: QuicConnection) -> float | None:

@@ -125,6 +125,8 @@ class Path(QuicConnectionProtocol):
         self._local_close = False
         self.window_blocked = False
         self._ping_uid = 0
+        #: the ALPN protocol the handshake settled on ("" before it completes)
+        self.alpn = ""
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -185,10 +187,12 @@ class Path(QuicConnectionProtocol):
         self._transmit_soon()
 
     def send_probe(self) -> None:
-        """Send a QUIC PING (any QUIC peer acknowledges it: liveness without the application)."""
+        """Send a QUIC PING (any QUIC peer acknowledges it: liveness without the application),
+        as a probe: it leaves even when the congestion window is full."""
         if self.state is PathState.ACTIVE and not self._local_close:
             self._ping_uid += 1
             self._quic.send_ping(self._ping_uid)
+            _aioquic.request_probe(self._quic)
             self._transmit_soon()
 
     def transmit(self) -> None:
@@ -227,6 +231,25 @@ class Path(QuicConnectionProtocol):
         return _aioquic.unacked_bytes(self._quic)
 
     @property
+    def withholding(self) -> bool:
+        """Whether the path stopped taking records on its own (the worker pool is full)."""
+        return self._sink_full
+
+    @property
+    def send_blocked(self) -> bool:
+        """Whether our records wait for the peer's flow-control credit."""
+        return _aioquic.send_blocked(self._quic)
+
+    @property
+    def pto(self) -> float:
+        """QUIC's probe timeout in seconds, backoff included."""
+        return _aioquic.probe_timeout(self._quic)
+
+    @property
+    def rttvar(self) -> float | None:
+        return _aioquic.rtt_variance(self._quic)
+
+    @property
     def is_blocked(self) -> bool:
         """Whether the session does not take this path's records now (back-pressure)."""
         return self.owner is not None and not self.owner._path_wants_records(self)
@@ -258,13 +281,17 @@ class Path(QuicConnectionProtocol):
                         return
                 self.pump()
             if event.end_stream and self.state is PathState.ACTIVE:
+                # nothing more will come: the path is over (what it holds is delivered)
                 self.close(CLOSE_NORMAL, "transport stream finished by the peer")
+                if self.owner is not None:
+                    self.owner._path_terminated(self)
         elif isinstance(event, events.StreamReset | events.StopSendingReceived):
             if event.stream_id == TRANSPORT_STREAM_ID:
                 self.fail("protocol violation: the peer reset the transport stream")
         elif isinstance(event, events.ConnectionTerminated):
             self._on_connection_terminated(event)
         elif isinstance(event, events.HandshakeCompleted):
+            self.alpn = event.alpn_protocol or ""
             peer = _aioquic.peer_address(self._quic)
             if peer is not None and not self.remote_address:
                 self.set_remote_address(peer)

@@ -7,7 +7,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "PathPolicy", "TLSConfig"]
+__all__ = ["EXTENSION_ALPN", "Config", "PathPolicy", "TLSConfig"]
+
+#: ALPN token of kwik's credit extension: a kwik peer offers it before ``"kwik"`` (KWIK v2).
+EXTENSION_ALPN = "kwik-credit-1"
 
 #: Decides whether a client may dial an address a server asked for (AddPath): called with
 #: the address ("host:port") and returns True to allow it.
@@ -262,8 +265,11 @@ class TLSConfig:
     """Name the server's certificate must match (and the SNI sent); None: the host of the
     dialed address. Relay paths always verify the relay's own host."""
 
-    alpn_protocols: Sequence[str] = field(default=("kwik",))
-    """ALPN protocols offered (client) or accepted (server); both sides must share one."""
+    alpn_protocols: Sequence[str] = field(default=(EXTENSION_ALPN, "kwik"))
+    """ALPN protocols offered (client) or accepted (server), in order of preference; both sides
+    must share one. ``"kwik"`` is KWIK v2; ``"kwik-credit-1"``, offered first by default, adds
+    kwik's per-stream credit (``docs/protocol.md``, "The credit extension"), which a KWIK v2
+    peer never sees. ``("kwik",)`` speaks plain KWIK v2 only."""
 
     insecure_skip_verify: bool = False
     """True skips the verification of the server's certificate: for development only."""

@@ -8,7 +8,8 @@ Every exception kwik raises on purpose derives from :class:`KwikError`::
     ├── HandshakeError              (also ConnectionError) the QUIC/TLS handshake was refused
     ├── HandshakeTimeoutError       (also TimeoutError) nothing answered the handshake in time
     ├── PathError                   a path could not be added, found or used
-    ├── StreamClosedError           writing to a stream after close()
+    ├── StreamClosedError           the stream cannot be used: closed, refused, path gone
+    ├── OpenStreamTimeoutError      (also TimeoutError) no answer to open_stream_sync in time
     └── ListenerClosedError         accept() on a closed listener
 
 Errors from aioquic and from the operating system are mapped to these at the edge and raised
@@ -22,6 +23,7 @@ __all__ = [
     "HandshakeTimeoutError",
     "KwikError",
     "ListenerClosedError",
+    "OpenStreamTimeoutError",
     "PathError",
     "ProtocolViolationError",
     "SessionClosedError",
@@ -73,7 +75,14 @@ class PathError(KwikError):
 
 
 class StreamClosedError(KwikError):
-    """The stream was closed for writing (``close()`` was called) and cannot be written to."""
+    """The stream cannot be used for this call: it is closed for writing (``close()`` was
+    called), its reading was cancelled, the peer refused to open it, or the path it was
+    written on closed."""
+
+
+class OpenStreamTimeoutError(KwikError, TimeoutError):
+    """The peer did not answer ``open_stream_sync`` within ``Config.open_stream_timeout``;
+    the stream is given up (should the peer still confirm it, it is ended at once)."""
 
 
 class ListenerClosedError(KwikError):

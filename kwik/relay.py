@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from .config import Config
@@ -17,10 +18,7 @@ class RelayOwner(Protocol):
     _core: SessionCore
     _config: Config
 
-    @property
-    def is_closed(self) -> bool: ...
-
-    def _after_core(self) -> None: ...
+    def _driving(self) -> AbstractContextManager[SessionCore]: ...
 
     def _raise_if_closed(self) -> None: ...
 
@@ -30,13 +28,12 @@ class RelayOwner(Protocol):
 class Relay:
     """A secondary server recruited by a primary server (see :meth:`Session.add_relay`)."""
 
-    __slots__ = ("_address", "_path_id", "_removed", "_session")
+    __slots__ = ("_address", "_path_id", "_session")
 
     def __init__(self, session: RelayOwner, path_id: int, address: str) -> None:
         self._session = session
         self._path_id = path_id
         self._address = address
-        self._removed = False
 
     @property
     def address(self) -> str:
@@ -50,19 +47,22 @@ class Relay:
 
     @property
     def is_active(self) -> bool:
-        return not self._removed and not self._session.is_closed
+        """False once the relay was removed or the session closed."""
+        core = self._session._core
+        return core.error is None and core.relay_buffered(self._path_id) is not None
 
     def __repr__(self) -> str:
         return f"<kwik.Relay path={self._path_id} {self._address} active={self.is_active}>"
 
     async def send_raw_data(self, data: bytes | bytearray | memoryview, stream_id: int) -> int:
         """Have the client forward ``data`` to the secondary server on logical stream
-        ``stream_id``; return ``len(data)``.
+        ``stream_id``; return its size in bytes.
 
         The client opens the stream on the relay path if needed and places the bytes at
         offsets growing from 0 on that path. Returns once the relay's outgoing buffer is back
-        under ``Config.stream_send_buffer``; a client whose relay path is slow stops taking
-        the primary's records (``Config.relay_buffer``), which slows this down too.
+        under ``Config.stream_send_buffer``. The client takes relayed bytes only as fast as it
+        can forward them (``Config.relay_buffer``: with a kwik client, through the RelayCredit
+        it grants), which slows this down too.
 
         Raises:
             PathError: the relay was removed.
@@ -70,15 +70,16 @@ class Relay:
             ValueError: ``stream_id`` is not within 1 .. 2**64-1.
         """
         session = self._session
-        if self._removed:
+        if session._core.relay_buffered(self._path_id) is None:
+            session._raise_if_closed()
             raise PathError(f"relay {self._address} (path {self._path_id}) was removed")
-        size = len(memoryview(data).cast("B"))
-        session._core.relay_send(self._path_id, stream_id, data)
-        session._after_core()
+        with session._driving() as core:
+            size = core.relay_send(self._path_id, stream_id, data)
         limit = session._config.stream_send_buffer
         while True:
             buffered = session._core.relay_buffered(self._path_id)
             if buffered is None:
+                session._raise_if_closed()
                 raise PathError(f"relay {self._address} (path {self._path_id}) was removed")
             if buffered <= limit:
                 return size

@@ -1,20 +1,23 @@
 """Sessions: the asyncio adapter around the sans-IO :class:`~kwik.protocol.session.SessionCore`.
 
-The core decides everything (streams, ids, back-pressure, relays, liveness, close); this module
-only moves records between it and the paths, runs its timer, and wakes the coroutines waiting
-on what its events report. Everything runs on one event loop; records reach the core in the
-order they arrived on their path (inline, or through the global worker pool).
+The core decides everything (streams, ids, credit, relays, liveness, close); this module only
+moves records between it and the paths, runs its timer, and wakes the coroutines waiting on
+what its events report. Every call into the core goes through :meth:`Session._driving`, which
+acts on what the core produced once the call returns: nothing the core decides can be left
+unsent or unannounced. Everything runs on one event loop; records reach the core in the order
+they arrived on their path (inline, or through the global worker pool).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,25 +27,28 @@ from ._pool import WorkerPool, acquire_pool, release_pool
 from ._scope import resolve_relay_address
 from ._waiters import Waiters
 from .config import Config, TLSConfig
-from .exceptions import KwikError, PathError, SessionClosedError, StreamClosedError
-from .protocol.session import (
-    CLOSE_FAILURE,
-    CLOSE_NORMAL,
+from .exceptions import (
+    KwikError,
+    OpenStreamTimeoutError,
+    PathError,
+    SessionClosedError,
+)
+from .protocol.events import (
     AddPathAnswered,
     ClosePath,
-    DialRequested,
-    OpenState,
-    PathCounters,
+    DialRelay,
+    Event,
     PathResumed,
-    ProbePath,
     RelayWritable,
-    SessionCore,
+    SendProbe,
     SessionTerminated,
     StreamArrived,
     StreamReadable,
-    StreamState,
     StreamWritable,
 )
+from .protocol.frames import EXTENSION_ALPN
+from .protocol.session import CLOSE_FAILURE, CLOSE_NORMAL, PathCounters, SessionCore
+from .protocol.stream import LogicalStream, OpenState
 from .relay import Relay
 from .stream import Stream
 
@@ -82,7 +88,7 @@ class PathInfo:
     is_primary: bool
     state: str
     rtt: float | None
-    """aioquic's smoothed RTT in seconds (None before the first sample)."""
+    """The engine's smoothed RTT in seconds (None before the first sample)."""
     heartbeat_rtt: float | None
     """RTT of the last answered KWIK Ping in seconds (client paths)."""
     bytes_sent: int
@@ -97,6 +103,11 @@ class PathInfo:
     missed_pongs: int
     close_code: int | None
     close_reason: str
+    credit_extension: bool = False
+    """The path negotiated kwik's per-stream credit extension (a kwik peer), rather than plain
+    KWIK v2."""
+    credit_frames_sent: int = 0
+    credit_bytes_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,8 @@ class SessionStatistics:
     bytes_sent: int
     bytes_received: int
     receive_buffered: int
-    """Bytes the session's streams hold received and not read (``session_receive_buffer``)."""
+    """The receive budget in use (``session_receive_buffer``): credit granted and not used yet,
+    plus bytes held beyond credit."""
 
 
 class Session:
@@ -140,12 +152,13 @@ class Session:
         self._on_closed = on_closed
         self._core = SessionCore(is_client=is_client, config=config)
         self._paths: dict[int, Path] = {}
+        self._ended_paths: list[Path] = []  # ended for the core, their QUIC close still going
         self._primary: Path | None = None
         self._history: deque[PathInfo] = deque(maxlen=_PATH_HISTORY)
         self._accept_waiters = Waiters()
-        self._read_waiters: dict[StreamState, asyncio.Future[None]] = {}
-        self._write_waiters: dict[StreamState, list[asyncio.Future[None]]] = {}
-        self._relay_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._read_waiters: dict[LogicalStream, asyncio.Future[None]] = {}
+        self._write_waiters: dict[object, list[asyncio.Future[None]]] = {}
+        self._relay_waiters: dict[object, list[asyncio.Future[None]]] = {}
         self._add_path_waiters: dict[str, deque[asyncio.Future[int]]] = {}
         self._relays: dict[int, Relay] = {}
         self._path_callbacks: list[Callable[[PathInfo], None]] = []
@@ -203,7 +216,7 @@ class Session:
     @property
     def relays(self) -> list[Relay]:
         """Relays added by this (server) session and not removed."""
-        return list(self._relays.values())
+        return [r for r in self._relays.values() if r.is_active]
 
     def add_path_closed_callback(self, callback: Callable[[PathInfo], None]) -> None:
         """Call ``callback(info)`` each time one of the session's paths ends (failed, closed by
@@ -224,52 +237,63 @@ class Session:
     def statistics(self) -> SessionStatistics:
         """A frozen snapshot of the session and its paths."""
         paths = tuple(self.paths)
+        core = self._core
         return SessionStatistics(
             session_id=self.session_id,
             is_client=self.is_client,
             closed=self.is_closed,
             paths=paths,
             active_paths=sum(1 for p in paths if p.state == PathState.ACTIVE.value),
-            open_streams=self._core.open_streams,
-            streams_pending_accept=self._core.streams_pending_accept,
+            open_streams=core.open_streams,
+            streams_pending_accept=core.streams_pending_accept,
             bytes_sent=sum(p.bytes_sent for p in paths),
             bytes_received=sum(p.bytes_received for p in paths),
-            receive_buffered=self._core.receive_buffered,
+            receive_buffered=core.receive_buffered,
         )
 
     def _path_info(self, path: Path, counters: PathCounters | None = None) -> PathInfo:
         info = counters if counters is not None else self._core.counters(path.path_id)
-        pings = info.pings_sent if info is not None else 0
-        pongs = info.pongs_received if info is not None else 0
+        if info is None:
+            info = PathCounters()
+        pings, pongs = info.pings_sent, info.pongs_received
         return PathInfo(
             path_id=path.path_id,
             address=path.remote_address,
             is_primary=path is self._primary,
             state=path.state.value,
             rtt=path.rtt,
-            heartbeat_rtt=info.heartbeat_rtt if info is not None else None,
+            heartbeat_rtt=info.heartbeat_rtt,
             bytes_sent=path.bytes_sent,
             bytes_received=path.bytes_received,
-            packets_sent=info.packets_sent if info is not None else 0,
-            packets_received=info.packets_received if info is not None else 0,
-            duplicates_received=info.duplicates_received if info is not None else 0,
-            acks_sent=info.acks_sent if info is not None else 0,
-            acks_received=info.acks_received if info is not None else 0,
+            packets_sent=info.packets_sent,
+            packets_received=info.packets_received,
+            duplicates_received=info.duplicates_received,
+            acks_sent=info.acks_sent,
+            acks_received=info.acks_received,
             pings_sent=pings,
-            pongs_received=pongs if self.is_client else (info.pings_received if info else 0),
+            pongs_received=pongs if self.is_client else info.pings_received,
             missed_pongs=max(pings - pongs, 0) if self.is_client else 0,
             close_code=path.close_code,
             close_reason=path.close_reason,
+            credit_extension=path.alpn == EXTENSION_ALPN,
+            credit_frames_sent=info.credit_frames_sent,
+            credit_bytes_sent=info.credit_bytes_sent,
         )
 
     # --- driving the core -----------------------------------------------------------------------
 
-    def _after_core(self) -> None:
-        """Act on what the core produced: wake waiters, send records, re-arm the timer.
+    @contextlib.contextmanager
+    def _driving(self) -> Iterator[SessionCore]:
+        """Call the core inside this block; what it produced is acted on when the block ends
+        (exception or not): waiters woken, records sent, the timer re-armed."""
+        try:
+            yield self._core
+        finally:
+            self._after_core()
 
-        Called after every input to the core; safe to call re-entrantly (the outer call
-        loops until nothing is left).
-        """
+    def _after_core(self) -> None:
+        """Act on what the core produced. Safe to call re-entrantly (the outer call loops until
+        nothing is left)."""
         core = self._core
         if self._processing:
             self._again = True
@@ -284,57 +308,65 @@ class Session:
                 while event is not None:
                     self._on_event(event)
                     event = core.next_event()
-                for path_id in core.paths_with_output():
+                for path_id in core.pop_paths_with_output():
                     self._flush(path_id)
                 if not self._again and not core.has_events:
                     break
         finally:
             self._processing = False
-        if core.timer_dirty:
+        if core.pop_timer_change():
             self._arm_timer()
 
-    def _on_event(self, event: object) -> None:
-        if isinstance(event, StreamReadable):
-            waiter = self._read_waiters.pop(event.stream, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        elif isinstance(event, StreamWritable):
-            self._wake(self._write_waiters.pop(event.stream, None))
-        elif isinstance(event, StreamArrived):
-            self._accept_waiters.wake_all()
-        elif isinstance(event, PathResumed):
-            path = self._paths.get(event.path_id)
-            if path is not None:
-                path.schedule_pump()
-        elif isinstance(event, ProbePath):
-            path = self._paths.get(event.path_id)
-            if path is not None:
-                path.send_probe()
-        elif isinstance(event, ClosePath):
-            path = self._paths.get(event.path_id)
-            if path is not None:
-                path.close(event.code, event.reason)
-                if event.code == CLOSE_FAILURE:
-                    logger.info(
-                        "session %d: path %d to %s failed: %s",
-                        self.session_id,
-                        path.path_id,
-                        path.remote_address,
-                        event.reason,
-                    )
-        elif isinstance(event, DialRequested):
-            self._spawn(self._dial_relay(event.address))
-        elif isinstance(event, AddPathAnswered):
-            waiters = self._add_path_waiters.get(event.address)
-            while waiters:
-                answer = waiters.popleft()
-                if not answer.done():
-                    answer.set_result(event.path_id)
-                    break
-        elif isinstance(event, RelayWritable):
-            self._wake(self._relay_waiters.pop(event.path_id, None))
-        elif isinstance(event, SessionTerminated):
-            self._on_terminated(event.error)
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case StreamReadable(stream=stream):
+                waiter = self._read_waiters.pop(stream, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            case StreamWritable(stream=stream):
+                self._wake(self._write_waiters.pop(stream, None))
+            case StreamArrived():
+                self._accept_waiters.wake_all()
+            case PathResumed(path_id=path_id):
+                path = self._paths.get(path_id)
+                if path is not None:
+                    path.schedule_pump()
+            case SendProbe(path_id=path_id):
+                path = self._paths.get(path_id)
+                if path is not None:
+                    path.send_probe()
+            case ClosePath():
+                self._close_path(event)
+            case DialRelay(address=address):
+                self._spawn(self._dial_relay(address))
+            case AddPathAnswered(address=address, path_id=path_id):
+                waiters = self._add_path_waiters.get(address)
+                while waiters:
+                    answer = waiters.popleft()
+                    if not answer.done():
+                        answer.set_result(path_id)
+                        break
+            case RelayWritable(path_id=path_id):
+                self._wake(self._relay_waiters.pop(path_id, None))
+            case SessionTerminated(error=error):
+                self._on_terminated(error)
+
+    def _close_path(self, event: ClosePath) -> None:
+        path = self._paths.get(event.path_id)
+        if path is None:
+            return
+        if event.code == CLOSE_FAILURE and not self.is_closed:
+            logger.info(
+                "session %d: path %d to %s failed: %s",
+                self.session_id,
+                path.path_id,
+                path.remote_address,
+                event.reason,
+            )
+        path.close(event.code, event.reason)
+        # the core is told at once (not after QUIC's closing period), once it has what the
+        # path holds, unless what follows a malformed record cannot be trusted
+        self._path_terminated(path, deliver=event.deliver)
 
     @staticmethod
     def _wake(waiters: list[asyncio.Future[None]] | None) -> None:
@@ -354,8 +386,8 @@ class Session:
         path.window_blocked = room <= 0
 
     def _transmit_now(self) -> None:
-        if self._primary is not None:
-            self._primary.transmit_now()
+        for path in self._paths.values():
+            path.transmit_now()
 
     def _arm_timer(self) -> None:
         """Make the one timer fire no later than the core's next deadline.
@@ -377,8 +409,8 @@ class Session:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._core.handle_timer(self._loop.time())
-        self._after_core()
+        with self._driving() as core:
+            core.handle_timer(self._loop.time())
 
     def _notify_progress(self) -> None:
         progress, self._progress = self._progress, None
@@ -388,15 +420,20 @@ class Session:
     # --- paths (PathOwner) ----------------------------------------------------------------------
 
     def _attach_path(self, path: Path, *, primary: bool, dialed_as: str = "") -> int:
-        path_id = self._core.add_path(primary=primary, now=self._loop.time(), dialed_as=dialed_as)
-        path.attach(self, path_id)
-        path.dialed_as = dialed_as or path.dialed_as
-        self._paths[path_id] = path
-        if primary:
-            self._primary = path
-        if self._pool is not None:
-            self._pool.attach(path)
-        self._after_core()
+        with self._driving() as core:
+            path_id = core.add_path(
+                primary=primary,
+                now=self._loop.time(),
+                dialed_as=dialed_as,
+                extended=path.alpn == EXTENSION_ALPN,
+            )
+            path.attach(self, path_id)
+            path.dialed_as = dialed_as or path.dialed_as
+            self._paths[path_id] = path
+            if primary:
+                self._primary = path
+            if self._pool is not None:
+                self._pool.attach(path)
         path.pump()  # records that arrived before the session existed
         return path_id
 
@@ -404,42 +441,59 @@ class Session:
         return self._core.wants_records(path.path_id)
 
     def _path_record(self, path: Path, record: memoryview | bytes) -> None:
-        self._core.receive_record(path.path_id, record, self._loop.time())
-        self._after_core()
+        with self._driving() as core:
+            core.receive_record(path.path_id, record, self._loop.time())
 
     def _path_datagram(self, path: Path) -> None:
-        self._core.on_activity(path.path_id, self._loop.time())
+        self._core.on_datagram(path.path_id, self._loop.time())
         if path.window_blocked and path.send_room() > 0:
-            self._flush(path.path_id)
-            self._after_core()
+            with self._driving():
+                self._flush(path.path_id)
         if self._progress is not None:
             self._notify_progress()
 
     def _path_transmitted(self, path: Path, in_flight: bool, pto: float) -> None:
-        if self._core.on_in_flight(path.path_id, in_flight, pto, self._loop.time()):
-            self._arm_timer()
+        with self._driving() as core:
+            core.on_transport(
+                path.path_id,
+                self._loop.time(),
+                in_flight=in_flight,
+                pto=pto,
+                withholding=path.withholding,
+                blocked=path.send_blocked,
+            )
 
-    def _path_terminated(self, path: Path) -> None:
-        """The path's connection ended (or failed here): what it delivered goes to the core
-        first, then the core decides what it means for the session."""
+    def _path_terminated(self, path: Path, *, deliver: bool = True) -> None:
+        """The path's connection ended (or kwik closed it): what it received goes to the core
+        first (unless ``deliver`` is False), then the core decides what it means."""
         path_id = path.path_id
         if self._paths.get(path_id) is not path:
             return
-        core = self._core
-        now = self._loop.time()
-        for record in path.leftover_records():
-            core.receive_record(path_id, record, now)
-        counters = core.counters(path_id)
-        core.path_terminated(
-            path_id,
-            path.close_code if path.close_code is not None else CLOSE_FAILURE,
-            path.close_reason,
-            by_peer=path.closed_by_peer,
-            now=now,
-        )
-        del self._paths[path_id]
-        info = self._path_info(path, counters)
-        self._history.append(info)
+        sink = path.sink
+        if sink is not None:
+            sink.detach(path)  # records queued in the pool come back, in order
+        with self._driving() as core:
+            now = self._loop.time()
+            core.path_closing(path_id)
+            if deliver:
+                for record in path.leftover_records():
+                    core.receive_record(path_id, record, now)
+            else:
+                path.leftover_records()
+            counters = core.counters(path_id)
+            core.path_terminated(
+                path_id,
+                path.close_code if path.close_code is not None else CLOSE_FAILURE,
+                path.close_reason,
+                by_peer=path.closed_by_peer,
+                now=now,
+            )
+            del self._paths[path_id]
+            self._ended_paths = [p for p in self._ended_paths if not p.terminated]
+            if not path.terminated:
+                self._ended_paths.append(path)
+            info = self._path_info(path, counters)
+            self._history.append(info)
         for callback in list(self._path_callbacks):
             try:
                 callback(info)
@@ -455,7 +509,6 @@ class Session:
                 path.close_reason,
                 len(self._paths),
             )
-        self._after_core()
         self._notify_progress()
 
     # --- waiting --------------------------------------------------------------------------------
@@ -465,7 +518,7 @@ class Session:
         if error is not None:
             raise SessionClosedError(error.code, error.reason, error.remote)
 
-    async def _wait_readable(self, state: StreamState) -> None:
+    async def _wait_readable(self, state: LogicalStream) -> None:
         if state in self._read_waiters:
             raise RuntimeError("another coroutine is already reading this stream")
         waiter = self._loop.create_future()
@@ -488,11 +541,11 @@ class Session:
                 if not waiters:
                     del table[key]
 
-    async def _wait_writable(self, state: StreamState) -> None:
-        await self._wait_on(self._write_waiters, state)  # type: ignore[arg-type]
+    async def _wait_writable(self, state: LogicalStream) -> None:
+        await self._wait_on(self._write_waiters, state)
 
     async def _wait_relay(self, path_id: int) -> None:
-        await self._wait_on(self._relay_waiters, path_id)  # type: ignore[arg-type]
+        await self._wait_on(self._relay_waiters, path_id)
 
     async def _wait_progress(self) -> None:
         if self._progress is None:
@@ -504,21 +557,27 @@ class Session:
     async def open_stream(self) -> Stream:
         """Open a stream and return at once; what is written is sent once the peer confirms.
 
+        A refusal by the peer is reported by the stream's next call (and by :meth:`Stream.close`,
+        which waits for the answer).
+
         Raises:
             SessionClosedError: the session is closed (or closing).
         """
-        state = self._core.open_stream()
-        self._after_core()
+        with self._driving() as core:
+            state = core.open_stream()
         return Stream(self, state)
 
     async def open_stream_sync(self) -> Stream:
         """Open a stream and wait for the peer's OpenStreamResp.
 
+        Cancellation-safe: if the call is cancelled or times out, the stream is given up, and
+        should the peer still confirm it, it is ended at once on both sides.
+
         Raises:
             SessionClosedError: the session closed first.
             StreamClosedError: the peer refused the stream (e.g. its ``max_streams``).
-            TimeoutError: no answer within ``Config.open_stream_timeout`` (the stream is
-                dropped).
+            OpenStreamTimeoutError: no answer within ``Config.open_stream_timeout`` (also a
+                ``TimeoutError``).
         """
         stream = await self.open_stream()
         state = stream._state
@@ -528,12 +587,16 @@ class Session:
                     self._raise_if_closed()
                     await self._wait_writable(state)
         except TimeoutError:
-            self._core.forget_opening(state)
-            self._after_core()
+            with self._driving() as core:
+                core.abandon_open(state)
+            raise OpenStreamTimeoutError(
+                f"the peer did not answer OpenStream within {self._config.open_stream_timeout} s"
+            ) from None
+        except BaseException:
+            with self._driving() as core:
+                core.abandon_open(state)
             raise
-        if state.open_state is OpenState.REFUSED:
-            self._raise_if_closed()
-            raise StreamClosedError(f"stream refused: {state.error}")
+        self._core.raise_for(state)
         return stream
 
     async def accept_stream(self) -> Stream:
@@ -545,9 +608,9 @@ class Session:
             SessionClosedError: the session is closed and no stream is waiting.
         """
         while True:
-            state = self._core.accept_stream()
+            with self._driving() as core:
+                state = core.accept_stream()
             if state is not None:
-                self._after_core()
                 return Stream(self, state)
             self._raise_if_closed()
             await self._accept_waiters.wait()
@@ -568,11 +631,11 @@ class Session:
         if self.is_client:
             raise PathError("add_relay is for server sessions; the client dials what they ask")
         parse_address(address)
-        self._core.request_relay(address)
         waiter: asyncio.Future[int] = self._loop.create_future()
-        waiters = self._add_path_waiters.setdefault(address, deque())
-        waiters.append(waiter)
-        self._after_core()
+        with self._driving() as core:
+            core.request_relay(address)
+            waiters = self._add_path_waiters.setdefault(address, deque())
+            waiters.append(waiter)
         try:
             async with asyncio.timeout(self._config.add_path_timeout):
                 path_id = await waiter
@@ -639,28 +702,27 @@ class Session:
             path_id = self._attach_path(new_path, primary=False, dialed_as=address)
             logger.info("session %d: path %d to relay %s", self.session_id, path_id, address)
         finally:
-            self._core.add_path_result(address, path_id)
-            self._after_core()
+            with self._driving() as core:
+                core.add_path_result(address, path_id)
 
     async def remove_path(self, path_id: int) -> None:
         """Close one path cleanly (client), or stop using a relay (server).
 
-        On a server, KWIK v2 has no frame that closes the client's path to a relay: the relay
-        is removed from this session (what was queued for it and not sent is dropped, pending
-        and later ``send_raw_data`` calls raise :class:`~kwik.PathError`), and the client's
-        path ends when the secondary closes its session.
+        What the path had received is delivered first. On a server, KWIK v2 has no frame that
+        closes the client's path to a relay: the relay is removed from this session (what was
+        queued for it and not sent is dropped, pending and later ``send_raw_data`` calls raise
+        :class:`~kwik.PathError`), and the client's path ends when the secondary closes its
+        session.
 
         Raises:
             PathError: no such path (or relay), or it is the primary path (use :meth:`close`).
         """
         self._raise_if_closed()
         if not self.is_client:
-            relay = self._relays.pop(path_id, None)
-            if relay is None:
+            if self._relays.pop(path_id, None) is None:
                 raise PathError(f"no relay with path id {path_id}")
-            relay._removed = True
-            self._core.remove_relay(path_id)
-            self._after_core()
+            with self._driving() as core:
+                core.remove_relay(path_id)
             return
         path = self._paths.get(path_id)
         if path is None:
@@ -707,8 +769,6 @@ class Session:
                     )
                     add_waiter.exception()  # retrieved: the waiter may be gone
         self._add_path_waiters.clear()
-        for relay in self._relays.values():
-            relay._removed = True
         self._closed_event.set()
         self._notify_progress()
         for task in self._tasks:
@@ -723,15 +783,40 @@ class Session:
             return False
         return all(p.send_room() >= self._config.path_send_window for p in self._paths.values())
 
+    def _delivery_mark(self) -> tuple[int, int]:
+        """What grows while a graceful close makes progress: data handed to paths or taken
+        from relays (the core's count), and bytes the peers acknowledged (less unacked)."""
+        return self._core.delivery_progress, -sum(p.unacked_bytes() for p in self._paths.values())
+
     async def _deliver_written(self) -> None:
-        """Wait until every written byte was handed to QUIC and acknowledged by the peer."""
+        """Wait until every written byte was handed to QUIC and acknowledged by the peer (and
+        the streams relays write are complete), for as long as that makes progress: the
+        delivery gives up after ``close_timeout`` without any."""
+        best = self._delivery_mark()
+        deadline = self._loop.time() + self._config.close_timeout
         while not self.is_closed and self._paths and not self._delivered():
-            await self._wait_progress()
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                logger.info(
+                    "session %d: close_timeout reached with data undelivered (no progress "
+                    "for %s s)",
+                    self.session_id,
+                    self._config.close_timeout,
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wait_progress()
+            mark = self._delivery_mark()
+            if mark[0] > best[0] or mark[1] > best[1]:
+                best = (max(mark[0], best[0]), max(mark[1], best[1]))
+                deadline = self._loop.time() + self._config.close_timeout
 
     async def close(self) -> None:
         """Close gracefully with application code 0.
 
-        What was already written is delivered first (within ``Config.close_timeout``); new
+        What was already written is delivered first, however slow the reader, as long as it
+        makes progress (the close gives up after ``Config.close_timeout`` without any); new
         streams and writes are refused meanwhile. Pending calls then raise
         :class:`~kwik.SessionClosedError`. Idempotent and cancellation-safe: cancelling the
         caller does not stop the close, and a later call waits for the same one.
@@ -771,40 +856,34 @@ class Session:
             deliver = self._loop.create_task(self._deliver_written())
             self._deliver_task = deliver
             try:
-                await asyncio.wait([deliver], timeout=self._config.close_timeout)
+                await asyncio.gather(deliver, return_exceptions=True)
             finally:
                 self._deliver_task = None
-                if not deliver.done():
-                    deliver.cancel()
-                    logger.info(
-                        "session %d: close_timeout reached with data undelivered",
-                        self.session_id,
-                    )
-                await asyncio.gather(deliver, return_exceptions=True)
         if self._close_override is not None:
             code, reason = self._close_override
-        self._core.close(code, reason)
-        self._after_core()
+        with self._driving() as core:
+            core.close(code, reason)
         await self._wait_paths_terminated()
 
     def _discard(self) -> None:
         """The dial that was to give this session its primary path failed: release it."""
-        self._core.close(CLOSE_FAILURE, "dial failed")
-        self._after_core()
+        with self._driving() as core:
+            core.close(CLOSE_FAILURE, "dial failed")
 
     def _force_close(self, reason: str) -> None:
         """Close at once, without waiting for anything (listener shutdown)."""
-        self._core.close(CLOSE_FAILURE, reason)
-        self._after_core()
+        with self._driving() as core:
+            core.close(CLOSE_FAILURE, reason)
 
     async def _wait_paths_terminated(self) -> None:
-        pending = [p for p in self._paths.values() if not p.terminated]
+        pending = [p for p in self._live_paths() if not p.terminated]
         if pending:
-            # aioquic reports the end after the draining period (3 PTO); bound it anyway
+            # the engine reports the end after the draining period (3 PTO); bound it anyway
             waits = [asyncio.ensure_future(p.wait_closed()) for p in pending]
             done, not_done = await asyncio.wait(waits, timeout=max(self._config.close_timeout, 1.0))
             for wait in not_done:
                 wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
             for path in pending:
                 if not path.terminated:
                     path.abort()
@@ -813,8 +892,12 @@ class Session:
             # this session was the pool's last holder: its workers end now
             await pool.wait_closed()
 
+    def _live_paths(self) -> list[Path]:
+        """Paths whose connection may still be draining (recently ended ones included)."""
+        return [*self._paths.values(), *self._ended_paths]
+
     def _paths_terminated(self) -> bool:
-        return all(p.terminated for p in self._paths.values())
+        return all(p.terminated for p in self._live_paths())
 
     async def wait_closed(self) -> None:
         """Wait until the session is closed (by either side or because its paths failed)."""

@@ -5,11 +5,16 @@
 * :mod:`.reassembly`: per-stream reassembly by offset.
 * :mod:`.acks`: acknowledgements and duplicate detection.
 * :mod:`.liveness`: is a path's peer alive (probes, failure bounds).
+* :mod:`.stream`: one logical stream's sender and receiver.
+* :mod:`.path`: what the core knows of one path (numbering, lanes, waiting frames).
+* :mod:`.relays`: what a primary relays and what a client forwards.
+* :mod:`.events`: what the core tells its adapter.
 * :mod:`.session`: the session state machine (:class:`SessionCore`).
 """
 
 from .acks import AckTracker, RangeSet
 from .frames import (
+    EXTENSION_ALPN,
     MAX_FRAMES_PER_PACKET,
     MAX_RECORD_SIZE,
     AckFrame,
@@ -21,7 +26,9 @@ from .frames import (
     OpenStreamRespFrame,
     Packet,
     PingFrame,
+    RelayCreditFrame,
     RelayDataFrame,
+    StreamCreditFrame,
     StreamFrame,
     decode_packet,
     encode_packet,
@@ -31,9 +38,11 @@ from .frames import (
 from .liveness import Liveness, LivenessAction
 from .reader import RecordReader
 from .reassembly import ReceiveBuffer
-from .session import SessionCore, StreamState
+from .session import SessionCore
+from .stream import LogicalStream, StreamReceiver, StreamSender
 
 __all__ = [
+    "EXTENSION_ALPN",
     "MAX_FRAMES_PER_PACKET",
     "MAX_RECORD_SIZE",
     "AckFrame",
@@ -44,6 +53,7 @@ __all__ = [
     "FrameType",
     "Liveness",
     "LivenessAction",
+    "LogicalStream",
     "OpenStreamFrame",
     "OpenStreamRespFrame",
     "Packet",
@@ -51,10 +61,13 @@ __all__ = [
     "RangeSet",
     "RecordReader",
     "ReceiveBuffer",
+    "RelayCreditFrame",
     "RelayDataFrame",
     "SessionCore",
+    "StreamCreditFrame",
     "StreamFrame",
-    "StreamState",
+    "StreamReceiver",
+    "StreamSender",
     "decode_packet",
     "encode_packet",
     "encode_record",

@@ -274,11 +274,23 @@ class AckTracker:
         self._eliciting = 0
         self._deadline: float | None = None
 
+    def below_floor(self, packet_number: int) -> bool:
+        """Whether ``packet_number`` lies below the ranges forgotten at the cap: it cannot be
+        told from a duplicate, so the caller refuses it loudly (an honest peer never leaves
+        that many gaps)."""
+        return packet_number < self._seen.floor
+
+    @property
+    def has_pending(self) -> bool:
+        """Numbers were received since the previous Ack."""
+        return len(self._pending) > 0
+
     def on_packet(self, packet_number: int, ack_eliciting: bool, now: float) -> bool:
         """Record a received packet; return False for a duplicate, which must not be dispatched.
 
         A duplicate is still acknowledged (the peer evidently did not see the earlier Ack).
-        A number below the oldest range remembered counts as a duplicate.
+        Check :meth:`below_floor` first: a number below the oldest range remembered counts as
+        a duplicate here.
         """
         fresh = self._seen.add(packet_number)
         self._pending.add(packet_number)

@@ -1,6 +1,7 @@
 """KWIK v2 packets and frames: encoding and decoding (sans-IO).
 
-Wire format (spec/wire-v2.md §1-2), all integers big-endian, every "u64" a fixed 8 bytes::
+Wire format (``docs/protocol.md``, "Records" to "Frames"), all integers big-endian, every "u64"
+a fixed 8 bytes::
 
     record  = [u32 L1][u32 L2][packet]          L1 = L2 + 4 (the inner prefix may be missing)
     packet  = [u8 header type][u64 packet number][u64 frame count][frames...]
@@ -9,6 +10,11 @@ Wire format (spec/wire-v2.md §1-2), all integers big-endian, every "u64" a fixe
 Decoding is strict: an unknown frame type, a length running past the end of the packet, a frame
 count over :data:`MAX_FRAMES_PER_PACKET` or bytes left over after the declared frames raise
 :class:`~kwik.exceptions.ProtocolViolationError`, and nothing else escapes.
+
+**The credit extension.** Two frames exist only on a path whose peers negotiated kwik's
+per-stream credit extension (ALPN :data:`EXTENSION_ALPN`, see ``docs/protocol.md``, "The credit
+extension"): StreamCredit (0x40) and RelayCredit (0x41). A KWIK v2 peer never sees them, and on a
+v2 path they are unknown types like any other (``decode_packet(..., extended=False)``).
 
 Zero-copy contract: :func:`decode_packet` returns frames whose ``data`` fields are
 :class:`memoryview` slices of the buffer it was given. They are valid only while that buffer is
@@ -22,9 +28,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ..config import EXTENSION_ALPN
 from ..exceptions import ProtocolViolationError
 
 __all__ = [
+    "EXTENSION_ALPN",
     "MAX_FRAMES_PER_PACKET",
     "MAX_RECORD_SIZE",
     "AckFrame",
@@ -36,7 +44,9 @@ __all__ = [
     "OpenStreamRespFrame",
     "Packet",
     "PingFrame",
+    "RelayCreditFrame",
     "RelayDataFrame",
+    "StreamCreditFrame",
     "StreamFrame",
     "decode_packet",
     "encode_packet",
@@ -44,9 +54,9 @@ __all__ = [
     "is_ack_eliciting",
 ]
 
-#: Largest record (outer length L1) a reader accepts by default (spec §1).
+#: Largest record (outer length L1) a reader accepts by default (``docs/protocol.md``, "Records").
 MAX_RECORD_SIZE = 1_048_576
-#: Largest frame count a packet may declare (spec §1).
+#: Largest frame count a packet may declare (``docs/protocol.md``, "Packets").
 MAX_FRAMES_PER_PACKET = 10_000
 #: Header types a reader accepts; 0 is the one kwik sends.
 ACCEPTED_HEADER_TYPES = (0, 1)
@@ -69,7 +79,8 @@ Data = bytes | bytearray | memoryview
 
 
 class FrameType(IntEnum):
-    """Frame type codes (spec §2). 0x03 (Nack) and 0x04 are never sent and never accepted."""
+    """Frame type codes (``docs/protocol.md``, "Frames"). 0x03 (Nack) and 0x04 are never sent
+    and never accepted; 0x40 and 0x41 belong to the credit extension."""
 
     STREAM = 0x01
     ACK = 0x02
@@ -79,6 +90,8 @@ class FrameType(IntEnum):
     RELAY_DATA = 0x08
     OPEN_STREAM = 0x09
     OPEN_STREAM_RESP = 0x0A
+    STREAM_CREDIT = 0x40
+    RELAY_CREDIT = 0x41
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +157,25 @@ class OpenStreamRespFrame:
     success: bool
 
 
+@dataclass(frozen=True, slots=True)
+class StreamCreditFrame:
+    """Credit extension: the sender of this frame will take data of ``stream_id`` on this path
+    up to (not including) offset ``max_offset``. Credit only grows."""
+
+    stream_id: int
+    max_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCreditFrame:
+    """Credit extension, client to primary: the primary may relay, for relay path
+    ``relay_path_id``, RelayData payload up to ``max_bytes`` bytes in all (counted from the first
+    RelayData for that path). Credit only grows."""
+
+    relay_path_id: int
+    max_bytes: int
+
+
 Frame = (
     StreamFrame
     | AckFrame
@@ -153,6 +185,8 @@ Frame = (
     | RelayDataFrame
     | OpenStreamFrame
     | OpenStreamRespFrame
+    | StreamCreditFrame
+    | RelayCreditFrame
 )
 
 
@@ -166,7 +200,8 @@ class Packet:
 
     @property
     def ack_eliciting(self) -> bool:
-        """False for a packet carrying only Ack frames (spec §3: it calls for no Ack)."""
+        """False for a packet carrying only Ack frames: it calls for no Ack
+        (``docs/protocol.md``, "Acknowledgements")."""
         return is_ack_eliciting(self.frames)
 
 
@@ -214,6 +249,10 @@ def _encode_frame(frame: Frame, out: bytearray) -> None:
         out += _TYPE_U64.pack(FrameType.OPEN_STREAM, frame.stream_id)
     elif isinstance(frame, OpenStreamRespFrame):
         out += _OPEN_RESP.pack(FrameType.OPEN_STREAM_RESP, frame.stream_id, int(frame.success))
+    elif isinstance(frame, StreamCreditFrame):
+        out += _TYPE_U64_U64.pack(FrameType.STREAM_CREDIT, frame.stream_id, frame.max_offset)
+    elif isinstance(frame, RelayCreditFrame):
+        out += _TYPE_U64_U64.pack(FrameType.RELAY_CREDIT, frame.relay_path_id, frame.max_bytes)
     else:  # pragma: no cover - the union above is exhaustive
         raise TypeError(f"not a KWIK frame: {frame!r}")
 
@@ -262,7 +301,7 @@ def _need(view: memoryview, pos: int, size: int, what: str) -> None:
         )
 
 
-def _decode_frame(view: memoryview, pos: int) -> tuple[Frame, int]:
+def _decode_frame(view: memoryview, pos: int, extended: bool) -> tuple[Frame, int]:
     ftype = view[pos]
     if ftype == FrameType.STREAM:
         _need(view, pos + 1, 25, "Stream frame")
@@ -320,6 +359,14 @@ def _decode_frame(view: memoryview, pos: int) -> tuple[Frame, int]:
         if success > 1:
             raise ProtocolViolationError(f"OpenStreamResp success must be 0 or 1, got {success}")
         return OpenStreamRespFrame(stream_id, success == 1), pos + _OPEN_RESP.size
+    if extended and ftype == FrameType.STREAM_CREDIT:
+        _need(view, pos + 1, 16, "StreamCredit frame")
+        stream_id, max_offset = _PAIR.unpack_from(view, pos + 1)
+        return StreamCreditFrame(stream_id, max_offset), pos + 17
+    if extended and ftype == FrameType.RELAY_CREDIT:
+        _need(view, pos + 1, 16, "RelayCredit frame")
+        relay_path_id, max_bytes = _PAIR.unpack_from(view, pos + 1)
+        return RelayCreditFrame(relay_path_id, max_bytes), pos + 17
     raise ProtocolViolationError(f"unknown frame type 0x{ftype:02x} at offset {pos}")
 
 
@@ -330,11 +377,12 @@ def _decode_text(raw: memoryview) -> str:
         raise ProtocolViolationError("address is not valid UTF-8") from exc
 
 
-def decode_packet(data: Data) -> Packet:
+def decode_packet(data: Data, *, extended: bool = False) -> Packet:
     """Decode one packet (the record body, both length prefixes already removed).
 
     Every frame is decoded, in order. ``data`` fields of the frames are views of ``data``
-    (see the module docstring).
+    (see the module docstring). ``extended``: the path negotiated the credit extension, whose
+    frames are then known; otherwise they are unknown types.
 
     Raises:
         ProtocolViolationError: the packet is malformed; nothing else is raised for any input.
@@ -354,7 +402,7 @@ def decode_packet(data: Data) -> Packet:
     frames: list[Frame] = []
     for _ in range(count):
         _need(view, pos, 1, "frame type")
-        frame, pos = _decode_frame(view, pos)
+        frame, pos = _decode_frame(view, pos, extended)
         frames.append(frame)
     if pos != len(view):
         raise ProtocolViolationError(

@@ -123,6 +123,18 @@ class ReceiveBuffer:
         """Every byte up to the final offset has been read: :meth:`read` returns b""."""
         return self._final_offset is not None and self._read_offset == self._final_offset
 
+    def held_from(self, offset: int) -> int:
+        """Distinct bytes held at offsets ``>= offset`` (ready or pending)."""
+        held = max(self.contiguous_end - max(offset, self._read_offset), 0)
+        starts, chunks = self._starts, self._chunks
+        i = bisect.bisect_right(starts, offset) - 1
+        if i >= 0:
+            start = starts[i]
+            held += max(start + len(chunks[start]) - offset, 0)
+        for start in starts[i + 1 :]:
+            held += len(chunks[start])
+        return held
+
     def received_ranges(self) -> list[tuple[int, int]]:
         """The byte ranges ``[start, end)`` received so far (read bytes included), ascending.
 
