@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,22 +45,62 @@ class Config:
     congestion_control: str = "reno"
     """aioquic congestion control algorithm: ``"reno"`` or ``"cubic"``."""
 
-    heartbeat_interval: float = 5.0
-    """Seconds between liveness probes of an idle path: the client side sends a KWIK Ping (as
-    upstream, which used 15 s), both sides a QUIC PING that any QUIC peer acknowledges."""
+    heartbeat_interval: float = 3.0
+    """Seconds between heartbeats of a path: the client side sends a KWIK Ping (upstream used
+    15 s) and a QUIC PING, the server side a QUIC PING (any QUIC peer acknowledges it). Once a
+    path has been without evidence of life and without any datagram for this long, it is also
+    probed (a QUIC PING) every ``heartbeat_interval / heartbeat_miss_threshold`` (0.6 s by
+    default) until something arrives. Must be shorter than ``idle_timeout``. Cost with the
+    defaults: per path, one KWIK Ping and its echo plus one QUIC PING and its ACK every 3 s;
+    no probe while the peer answers."""
 
-    heartbeat_miss_threshold: int = 3
-    """Probe intervals of complete silence after which a path fails. **Bound:** a path whose
-    peer vanished is failed at most ``heartbeat_interval * heartbeat_miss_threshold`` seconds
-    (15 s by default) after the last datagram it sent. Any datagram counts, so a peer that
-    withholds flow-control credit (its application, or ours, not reading) is never failed."""
+    heartbeat_miss_threshold: int = 5
+    """A path fails after ``heartbeat_interval * heartbeat_miss_threshold`` seconds (the idle
+    bound, 15 s by default) without evidence that its peer is alive, idle or busy. Evidence
+    on the client side of a path is a KWIK echo of its Ping, and any datagram while echoes
+    cannot arrive (this side not reading, so it withholds credit, or the peer withholding
+    credit from it); on the server side any datagram. At least 2.
 
-    stall_timeout: float = 3.0
-    """Seconds without any datagram from the peer after which a path with bytes in flight
-    fails. **Bound:** ``max(stall_timeout, 3 * PTO)`` after the bytes left or the last
-    datagram arrived, whichever is later (a few seconds by default). Probes go out every third
-    of it while bytes are in flight, so a live peer always answers in time, even under heavy
-    loss."""
+    With the defaults (3 s x 5):
+
+    * **death is noticed** within 15 s of the peer's last datagram (a frozen or killed peer,
+      a vanished network): between 12 and 15 s on the client side (echoes arrive every 3 s),
+      15 s on the server side; a *zombie* peer (its QUIC acknowledges, its KWIK layer never
+      echoes) 15 s after its last echo;
+    * **silence survived**: a server path survives any silence shorter than 15 s; a client
+      path any silence shorter than about 11.4 s in the worst case (a silence that starts just
+      before an echo is due, then up to 0.6 s for the next probe and a few RTTs for QUIC to
+      resend the Ping and the echo to return), so outages of 8 s (Wi-Fi roaming, a NAT
+      rebinding, a peer's garbage-collection pause) never fail a path, idle or busy.
+
+    In general death is noticed within ``I * M`` and the client side survives silences up to
+    about ``(M - 1) * I - I / M`` (``I = heartbeat_interval``, ``M =
+    heartbeat_miss_threshold``). Fast failover, e.g. 1 s x 3, notices death within 3 s but
+    gives up on outages beyond about 1.7 s; 5 s x 3 (the previous defaults, also 15 s) would
+    leave 0.3 s of margin after an 8 s outage, hence 3 s x 5."""
+
+    stall_timeout: float | None = None
+    """Optional shorter bound for a **busy** path (bytes in flight), for applications that
+    want fast failover; None (default): no separate busy bound, the idle bound above applies
+    to busy paths too. Must be shorter than the idle bound. When set, a busy path fails after
+    ``max(stall_timeout, 3 * PTO)`` of complete silence (no datagram since it last heard from
+    its peer or became busy), where PTO is QUIC's probe timeout *with its backoff* when the
+    silence passed ``stall_timeout``. Under QUIC's doubling backoff that is between 1.5 and 3
+    times ``stall_timeout + base PTO``, and always after QUIC's first retransmission after
+    ``stall_timeout``, which gets at least one backed-off PTO to be answered. So:
+
+    * **silence survived**: any blackout up to ``stall_timeout`` (more precisely, up to QUIC's
+      first retransmission after it), provided ``3 * stall_timeout`` stays below the idle
+      bound, which still applies;
+    * **death is noticed** on a busy path within ``3 * (stall_timeout + base PTO)`` of the
+      last datagram.
+
+    Example, 30 ms base PTO, ``stall_timeout=3``: a vanished peer fails a busy path after
+    5.8 s of silence, blackouts up to 3.8 s (QUIC's 7th retransmission) are survived. An idle
+    path is busy while its heartbeat is unacknowledged, so the same bound applies to a
+    heartbeat sent into an outage. Silent busy paths are probed every third of the bound. The
+    trade-off: 20 % random loss causes silences of 3 to 28 s that plain QUIC rides out; a
+    ``stall_timeout`` below them fails such paths."""
 
     ack_interval: float = 0.1
     """Seconds after the first unacknowledged packet within which a KWIK Ack is sent."""
@@ -179,6 +220,40 @@ class Config:
     False (default): relays are verified like the primary, even when the primary's
     ``TLSConfig.insecure_skip_verify`` is True; set it only for test setups."""
 
+    def _check_liveness(self) -> None:
+        """The liveness fields (see :mod:`kwik.protocol.liveness` for the model)."""
+        interval = self.heartbeat_interval
+        if not (isinstance(interval, int | float) and interval > 0 and math.isfinite(interval)):
+            raise ValueError(
+                f"Config.heartbeat_interval must be a positive number of seconds, not {interval!r}"
+            )
+        if interval >= self.idle_timeout:
+            raise ValueError(
+                f"Config.heartbeat_interval ({interval!r} s) must be shorter than "
+                f"Config.idle_timeout ({self.idle_timeout!r} s): QUIC would close an idle path "
+                "before its first heartbeat"
+            )
+        threshold = self.heartbeat_miss_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
+            raise ValueError(
+                f"Config.heartbeat_miss_threshold must be an integer of at least 2, not "
+                f"{threshold!r} (with 1, the answer to each heartbeat would be due at the "
+                "very deadline it must beat)"
+            )
+        stall = self.stall_timeout
+        if stall is None:
+            return
+        if not (isinstance(stall, int | float) and stall > 0 and math.isfinite(stall)):
+            raise ValueError(
+                f"Config.stall_timeout must be None or a positive number of seconds, not {stall!r}"
+            )
+        idle_bound = interval * threshold
+        if stall >= idle_bound:
+            raise ValueError(
+                f"Config.stall_timeout ({stall!r} s) must be shorter than heartbeat_interval * "
+                f"heartbeat_miss_threshold ({idle_bound!r} s), the bound it shortens (or None)"
+            )
+
     def replace(self, **changes: object) -> Config:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -187,14 +262,13 @@ class Config:
         for name in (
             "handshake_timeout",
             "idle_timeout",
-            "stall_timeout",
-            "heartbeat_interval",
             "ack_interval",
             "add_path_timeout",
             "open_stream_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Config.{name} must be positive")
+        self._check_liveness()
         if self.close_timeout < 0 or self.listener_close_timeout < 0:
             raise ValueError("close timeouts must not be negative")
         if self.max_datagram_size < 1200:
@@ -202,7 +276,6 @@ class Config:
         if self.congestion_control not in ("reno", "cubic"):
             raise ValueError("Config.congestion_control must be 'reno' or 'cubic'")
         for name in (
-            "heartbeat_miss_threshold",
             "ack_threshold",
             "max_record_size",
             "max_stream_frame_data",
