@@ -141,7 +141,7 @@ class Liveness:
         stall_timeout: float | None,
         # The default only keeps a core that predates ``pings`` working (every datagram is
         # evidence, as on a server side); pass it explicitly.
-        pings: bool = False,
+        pings: bool,
         now: float,
     ) -> None:
         """``interval``: heartbeat period; ``miss_threshold`` (at least 2): the idle bound is
@@ -325,21 +325,3 @@ class Liveness:
             self.probes_sent += 1
             return LivenessAction.PROBE
         return LivenessAction.NOTHING
-
-    # --- transitional: the session core's current calls ----------------------------------
-
-    def on_activity(self, now: float) -> None:
-        """Transitional alias of :meth:`on_datagram`, for a core not yet wired to this
-        interface (removed once it is)."""
-        self.on_datagram(now)
-
-    def on_in_flight(self, in_flight: bool, pto: float, now: float) -> bool:
-        """Transitional form of :meth:`on_state` (``withholding``/``blocked`` unchanged), for
-        a core not yet wired to this interface (removed once it is)."""
-        return self.on_state(
-            now,
-            in_flight=in_flight,
-            pto=pto,
-            withholding=self._withholding,
-            blocked=self._blocked,
-        )

@@ -430,6 +430,10 @@ class SessionCore:
         if not path.acks.on_packet(packet.packet_number, packet.ack_eliciting, now):
             stats.duplicates_received += 1
             return
+        if self.is_client and packet.ack_eliciting:
+            # a record the peer's KWIK layer wrote (not only an Ack) proves it alive as an
+            # echo does: an echo may wait behind the peer's data, the data itself does not
+            path.liveness.on_echo(now)
         was_taking = path.takes_records
         pinged = False
         try:

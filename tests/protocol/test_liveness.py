@@ -844,13 +844,3 @@ def test_liveness_rejects_arguments_that_cannot_work(kwargs: dict[str, object]) 
     args.update(kwargs)
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         Liveness(**args)  # type: ignore[arg-type]
-
-
-def test_transitional_aliases_follow_the_new_interface() -> None:
-    """Until the session core is wired to on_datagram/on_state, its on_activity/on_in_flight
-    calls mean the same (withholding and blocked unchanged). Delete with the aliases."""
-    lv = make(pings=False, stall_timeout=1.0)
-    assert lv.on_in_flight(True, 0.01, 2.0) and lv.busy
-    lv.on_activity(2.5)
-    assert lv.get_timer() == pytest.approx(2.5 + 1.0 / 3)
-    assert lv.on_in_flight(False, 0.01, 2.6) and not lv.busy
