@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NO_MATPLOTLIB",
+    "have_matplotlib",
     "plot_comparison",
     "plot_multipath",
     "plot_path_throughput",
@@ -39,13 +41,25 @@ PATH_COLORS = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#718096")
 DPI = 80
 
 
+#: Why there are no charts, when matplotlib is missing.
+NO_MATPLOTLIB = "charts need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
+
+
+def have_matplotlib() -> bool:
+    """Whether matplotlib can be imported (``python -m benchmarks --plot`` asks before it runs
+    anything, rather than fail after the whole run)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(
-            "plots need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
-        ) from None
+        raise SystemExit(NO_MATPLOTLIB) from None
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 

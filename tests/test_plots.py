@@ -104,6 +104,38 @@ def test_from_json_needs_plot(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--from-json needs --plot" in proc.stderr
 
 
+#: ``python -m benchmarks`` in a Python where matplotlib cannot be imported (the 'bench'
+#: extra missing): None in sys.modules makes ``import matplotlib`` raise ImportError.
+WITHOUT_MATPLOTLIB = (
+    "import sys; sys.modules['matplotlib'] = None; "
+    "from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("run", ["scenario", "from-json"])
+def test_plot_without_matplotlib_fails_before_running_anything(tmp_path: Path, run: str) -> None:
+    """``--plot`` without matplotlib: status 2 and the extra to install, at once; no scenario
+    runs first (it used to run them all, then fail)."""
+    out = tmp_path / "charts"
+    args = ["--quick", "rtt"] if run == "scenario" else ["--from-json", str(tmp_path / "r.json")]
+    if run == "from-json":
+        (tmp_path / "r.json").write_text(json.dumps(_report()))
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MATPLOTLIB, *args, "--plot", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "--plot: charts need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
+    ]
+    assert proc.stdout == ""  # no table: nothing ran
+    assert not out.exists()
+
+
 def test_path_chart_rates() -> None:
     from benchmarks.plot import _rates
 
