@@ -17,6 +17,7 @@ from benchmarks.paths import PathSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+NEEDS_BENCH = "needs the 'bench' extra (matplotlib): pip install -e '.[bench]'"
 
 
 def _summary(samples: list[float], unit: str) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def _report() -> dict[str, Any]:
 
 
 def test_plot_from_json_writes_every_chart(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
     results = tmp_path / "results.json"
     results.write_text(json.dumps(_report()))
     out = tmp_path / "charts"
@@ -183,7 +184,7 @@ def test_sampler_rejects_a_bad_interval() -> None:
 
 async def test_file_transfer_client_plots_its_paths(tmp_path: Path) -> None:
     """``python -m examples.file_transfer.client --plot``: a chart of a real two-server download."""
-    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
     from .conftest import CERT
     from .test_file_transfer_example import servers
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,44 @@ def test_certificates_written_in_the_clone_are_ignored(name: str) -> None:
     if result.returncode == 128:
         pytest.skip(f"not a git checkout: {result.stderr.decode().strip()}")
     assert result.returncode == 0, f"{name} is not ignored by .gitignore"
+
+
+#: Hides the extras' packages from a pytest run: None in sys.modules makes their import fail.
+WITHOUT_EXTRAS = """
+import sys
+for name in ("matplotlib", "build"):  # the 'bench' and 'dev' extras
+    sys.modules[name] = None
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+
+def test_skips_name_the_extra_the_readme_names() -> None:
+    """With the README's install line (the extras' packages missing), the tests that skip say
+    which extra they need, and the README's test section names those extras."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_packaging.py", "tests/test_plots.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    reasons = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", result.stdout, re.M)
+    assert len(reasons) == 3, result.stdout[-3000:]
+    needed = set()
+    for reason in reasons:
+        match = re.search(r"needs the '(\w+)' extra", reason)
+        assert match and match.group(1) in extras, reason
+        assert f"pip install -e '.[{match.group(1)}]'" in reason, reason
+        needed.add(match.group(1))
+    assert needed == {"bench", "dev"}
+    quick_start = section("Quick start")
+    assert "three tests skip" in quick_start
+    for extra in needed:
+        assert f"the `{extra}` extra" in quick_start, extra
