@@ -11,7 +11,8 @@ Usage::
     python -m benchmarks soak --minutes 10      # long mixed workload, leaks and errors (soak.py)
 
 The table goes to stdout, progress to stderr. Exit status 1 when a scenario produced no figure
-(its error is in the table and the JSON), 2 on bad arguments.
+(its error is in the table and the JSON), 2 on bad arguments and on ``--plot`` without
+matplotlib (checked before anything runs).
 """
 
 from __future__ import annotations
@@ -116,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, function in SCENARIOS.items():
             print(f"{name:10} {(function.__doc__ or '').strip()}")
         return 0
+    if args.plot:
+        from .plot import NO_MATPLOTLIB, have_matplotlib
+
+        if not have_matplotlib():  # now, not after a run of many minutes
+            print(f"--plot: {NO_MATPLOTLIB}", file=sys.stderr)
+            return 2
     if args.from_json:
         if not args.plot:
             print("--from-json needs --plot DIR", file=sys.stderr)

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NO_MATPLOTLIB",
+    "comparison_figure",
+    "have_matplotlib",
     "plot_comparison",
     "plot_multipath",
     "plot_path_throughput",
     "plot_ratios",
     "plot_report",
+    "ratios_figure",
 ]
 
 KWIK_COLOR = "#2b6cb0"
@@ -39,13 +43,25 @@ PATH_COLORS = ("#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#718096")
 DPI = 80
 
 
+#: Why there are no charts, when matplotlib is missing.
+NO_MATPLOTLIB = "charts need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
+
+
+def have_matplotlib() -> bool:
+    """Whether matplotlib can be imported (``python -m benchmarks --plot`` asks before it runs
+    anything, rather than fail after the whole run)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(
-            "plots need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
-        ) from None
+        raise SystemExit(NO_MATPLOTLIB) from None
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
@@ -61,8 +77,22 @@ def _measured_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def plot_comparison(name: str, result: dict[str, Any], out: Path) -> Path | None:
-    """``out``: one panel per figure of scenario ``name``; None when it has no figure."""
+def _fit_suptitle(figure: Any, text: str, fontsize: float) -> Any:
+    """``figure``'s title, wrapped onto as many lines as it needs to fit the figure's width (a
+    chart with one narrow panel would clip it on both sides otherwise)."""
+    renderer = figure.canvas.get_renderer()
+    available = figure.get_figwidth() * figure.dpi * 0.96
+    width = len(text)
+    while True:
+        title = figure.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=fontsize)
+        if title.get_window_extent(renderer).width <= available or width <= 12:
+            return title
+        width -= 4
+
+
+def comparison_figure(name: str, result: dict[str, Any]) -> Any:
+    """The figure :func:`plot_comparison` saves (None when the scenario has no figure); the
+    caller closes it."""
     rows = _measured_rows(result)
     if not rows:
         return None
@@ -101,10 +131,18 @@ def plot_comparison(name: str, result: dict[str, Any], out: Path) -> Path | None
         axis.set_ylim(bottom=0)
     for index in range(len(rows), lines * columns):
         axes[index // columns][index % columns].axis("off")
-    figure.suptitle(f"{name}: kwik vs raw aioquic (median, min–max, runs)", fontsize=10)
+    _fit_suptitle(figure, f"{name}: kwik vs raw aioquic (median, min–max, runs)", 10)
     figure.tight_layout()
+    return figure
+
+
+def plot_comparison(name: str, result: dict[str, Any], out: Path) -> Path | None:
+    """``out``: one panel per figure of scenario ``name``; None when it has no figure."""
+    figure = comparison_figure(name, result)
+    if figure is None:
+        return None
     figure.savefig(out)
-    plt.close(figure)
+    _pyplot().close(figure)
     return out
 
 
@@ -115,8 +153,19 @@ def _pairwise_ratios(row: dict[str, Any]) -> list[float]:
     return [k / a for k, a in zip(kwik, aioquic, strict=True) if a]
 
 
-def plot_ratios(scenarios: dict[str, Any], out: Path) -> Path | None:
-    """``out``: the kwik / aioquic ratio of every figure, one bar each; None without any."""
+#: Characters per line of a label in the ratios chart (longer ones take two lines or more).
+RATIO_LABEL_WIDTH = 62
+
+
+def _ratio_label(name: str, what: str) -> str:
+    """A row's label in the ratios chart: the whole description, wrapped (two rows that differ
+    only at the end of a long description, e.g. ``worker_pool=True`` and ``=False``, must not
+    look alike)."""
+    return "\n".join(textwrap.wrap(f"{name}: {what}", RATIO_LABEL_WIDTH))
+
+
+def ratios_figure(scenarios: dict[str, Any]) -> Any:
+    """The figure :func:`plot_ratios` saves (None without any ratio); the caller closes it."""
     labels: list[str] = []
     ratios: list[float] = []
     spreads: list[tuple[float, float]] = []
@@ -125,7 +174,7 @@ def plot_ratios(scenarios: dict[str, Any], out: Path) -> Path | None:
         for row in _measured_rows(result):
             if row.get("ratio") is None:
                 continue
-            labels.append(f"{name}: {textwrap.shorten(row['what'], 60)}")
+            labels.append(_ratio_label(name, row["what"]))
             ratios.append(row["ratio"])
             runs = _pairwise_ratios(row) or [row["ratio"]]
             spreads.append((row["ratio"] - min(runs), max(runs) - row["ratio"]))
@@ -133,7 +182,8 @@ def plot_ratios(scenarios: dict[str, Any], out: Path) -> Path | None:
     if not ratios:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8.5, 0.32 * len(ratios) + 1.2), dpi=DPI)
+    lines = sum(label.count("\n") + 1 for label in labels)
+    figure, axis = plt.subplots(figsize=(8.5, 0.2 * lines + 0.12 * len(ratios) + 1.2), dpi=DPI)
     positions = list(range(len(ratios)))[::-1]
     colors = [KWIK_COLOR if up else "#c05621" for up in better]
     axis.barh(positions, ratios, color=colors, height=0.6)
@@ -153,8 +203,16 @@ def plot_ratios(scenarios: dict[str, Any], out: Path) -> Path | None:
     )
     axis.set_title("kwik relative to raw aioquic, per figure (spread: per-run ratios)", fontsize=9)
     figure.tight_layout()
+    return figure
+
+
+def plot_ratios(scenarios: dict[str, Any], out: Path) -> Path | None:
+    """``out``: the kwik / aioquic ratio of every figure, one bar each; None without any."""
+    figure = ratios_figure(scenarios)
+    if figure is None:
+        return None
     figure.savefig(out)
-    plt.close(figure)
+    _pyplot().close(figure)
     return out
 
 

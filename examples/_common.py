@@ -1,11 +1,17 @@
-"""Helpers shared by the examples: certificates and logging."""
+"""Helpers shared by the examples: certificates, logging, and a progress line that other
+output does not run into."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TextIO
 
 import kwik
+
+#: The stream on which a progress bar left its line unfinished (it redraws it with "\r"), or
+#: None. Whatever else is printed meanwhile must end that line first, or it is glued to the bar.
+_open_progress_line: TextIO | None = None
 
 
 def load_or_generate_tls(
@@ -32,8 +38,44 @@ def client_tls(ca: str | None, insecure: bool) -> kwik.TLSConfig:
     return kwik.TLSConfig()
 
 
+def progress_line_drawn(out: TextIO) -> None:
+    """A progress bar drew its line on ``out`` and left it unfinished (no newline)."""
+    global _open_progress_line
+    _open_progress_line = out
+
+
+def end_progress_line() -> None:
+    """End the unfinished progress line, if there is one, so that the next output starts on a
+    line of its own (the bar's next redraw starts a new line in turn)."""
+    global _open_progress_line
+    out, _open_progress_line = _open_progress_line, None
+    if out is not None:
+        out.write("\n")
+        out.flush()
+
+
+def say(message: str) -> None:
+    """``print(message)`` on standard output, on a line of its own even while a progress bar
+    is drawn (on standard error: in a terminal both go to the same screen)."""
+    end_progress_line()
+    print(message, flush=True)
+
+
+class EndProgressLine(logging.Filter):
+    """A handler filter that ends the progress line before the handler writes a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        end_progress_line()
+        return True
+
+
 def setup_logging(verbose: bool) -> None:
+    """Log to standard error (DEBUG with ``verbose``, WARNING otherwise), each record on a line
+    of its own even while a progress bar is drawn."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, EndProgressLine) for f in handler.filters):
+            handler.addFilter(EndProgressLine())

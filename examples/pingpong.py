@@ -7,6 +7,13 @@ counter and time.
     python -m examples.pingpong                         # demo: server + client, one process
     python -m examples.pingpong --mode server --addr 127.0.0.1:4242 --cert c.pem --key k.pem
     python -m examples.pingpong --mode client --addr 127.0.0.1:4242 --ca c.pem --count 10
+
+Without ``--cert`` the server makes a self-signed certificate, which a client does not trust:
+save it with ``--cert-out FILE`` and give the client ``--ca FILE``, or run the client with
+``-k`` (no verification, for trying things out only)::
+
+    python -m examples.pingpong --mode server --cert-out /tmp/pingpong-cert.pem
+    python -m examples.pingpong --mode client --ca /tmp/pingpong-cert.pem
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import statistics
 import struct
 import sys
 import time
+from pathlib import Path
 
 import kwik
 
@@ -24,6 +32,14 @@ from ._common import client_tls, load_or_generate_tls, setup_logging
 
 MESSAGE = struct.Struct(">4sQQ")
 assert MESSAGE.size == 20
+
+#: What a client that could not verify the server is told (the server's own certificate is
+#: self-signed unless it was given one).
+TRUST_HINT = (
+    "hint: a server started without --cert uses a self-signed certificate, which this client "
+    "does not trust. Start the server with --cert-out FILE and give the client --ca FILE, or "
+    "run the client with -k (--insecure: no verification, for trying things out only)."
+)
 
 
 async def serve_session(session: kwik.Session) -> None:
@@ -54,10 +70,14 @@ async def serve_stream(stream: kwik.Stream) -> None:
         pass
 
 
-async def run_server(listener: kwik.Listener, *, quiet: bool = False) -> None:
-    """Accept sessions until the listener closes."""
+async def run_server(
+    listener: kwik.Listener, *, quiet: bool = False, note: str | None = None
+) -> None:
+    """Accept sessions until the listener closes; ``note`` follows the listening line."""
     if not quiet:
         print(f"pingpong server listening on {listener.addr}", flush=True)
+        if note:
+            print(note, flush=True)
     async with asyncio.TaskGroup() as group:
         async for session in listener:
             if not quiet:
@@ -119,20 +139,32 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.mode == "demo":
         return await demo(args)
     if args.mode == "server":
-        server_tls, _ = load_or_generate_tls(args.cert, args.key)
+        server_tls, cert_pem = load_or_generate_tls(args.cert, args.key)
+        note = None
+        if args.cert_out:
+            await asyncio.to_thread(Path(args.cert_out).write_bytes, cert_pem)
+            note = f"self-signed certificate saved to {args.cert_out}: clients use --ca with it"
+        elif args.cert is None:
+            note = "self-signed certificate: clients need -k, or --cert-out FILE here and --ca FILE"
         listener = await kwik.listen_addr(args.addr, server_tls)
         try:
-            await run_server(listener)
+            await run_server(listener, note=note)
         finally:
             await listener.close()
         return 0
-    rtts = await run_client(
-        args.addr,
-        client_tls(args.ca, args.insecure),
-        count=args.count,
-        interval=args.interval,
-        config=kwik.Config(),
-    )
+    try:
+        rtts = await run_client(
+            args.addr,
+            client_tls(args.ca, args.insecure),
+            count=args.count,
+            interval=args.interval,
+            config=kwik.Config(),
+        )
+    except kwik.HandshakeError as exc:
+        if args.insecure:
+            raise
+        print(f"error: {exc}\n{TRUST_HINT}", file=sys.stderr)
+        return 1
     print(summary(rtts), flush=True)
     return 0
 
@@ -151,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=10, help="pings the client sends")
     parser.add_argument("--cert", help="server certificate (PEM); default: self-signed")
     parser.add_argument("--key", help="server private key (PEM)")
+    parser.add_argument(
+        "--cert-out",
+        metavar="FILE",
+        help="server: save the generated self-signed certificate here, for the client's --ca",
+    )
     parser.add_argument("--ca", help="client: CA certificate (PEM) to verify the server")
     parser.add_argument(
         "-k", "--insecure", action="store_true", help="client: do not verify the server certificate"
@@ -161,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         args.addr = "127.0.0.1:0" if args.mode == "demo" else "127.0.0.1:4242"
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if args.cert_out and args.cert:
+        parser.error("--cert-out saves a generated certificate: not with --cert")
     setup_logging(args.verbose)
     try:
         return asyncio.run(main_async(args))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
 import os
 import re
 import signal
@@ -17,7 +20,9 @@ from pathlib import Path
 import pytest
 
 import kwik
+from examples._common import EndProgressLine, say
 from examples.file_transfer.client import (
+    ProgressBar,
     TransferError,
     TransferResult,
     download,
@@ -382,6 +387,74 @@ def test_demo_subprocess() -> None:
     assert re.search(r"^exact copy: 2097152 bytes, sha256 [0-9a-f]{64}$", result.stdout, re.M)
     relay_line = re.search(r"path 2 relay .* received +(\d+) bytes", result.stdout)
     assert relay_line and int(relay_line.group(1)) > 0.4 * 2 * MIB, result.stdout
+
+
+#: One drawing of the progress bar (it redraws in place, each drawing after a carriage return).
+PROGRESS = re.compile(r"\[[#.]{30}\] +\d+\.\d% \d+\.\d/\d+\.\d MiB \d+\.\d MiB/s")
+
+
+def _lines_glued_to_the_bar(output: str) -> list[str]:
+    """The lines of ``output`` (progress bar and other text on one screen) in which something
+    other than the bar was written after a drawing of the bar, on the same line."""
+    glued = []
+    for line in output.split("\n"):
+        drawings = [part for part in line.split("\r") if part]
+        if any(PROGRESS.match(part) for part in drawings) and not all(
+            PROGRESS.fullmatch(part) for part in drawings
+        ):
+            glued.append(line)
+    return glued
+
+
+def test_log_lines_and_messages_do_not_run_into_the_progress_bar() -> None:
+    """A log record or a message written while the bar is on screen starts a line of its own;
+    the bar goes on below it, and ``finish`` ends its line once."""
+    screen = io.StringIO()
+    handler = logging.StreamHandler(screen)
+    handler.addFilter(EndProgressLine())
+    logger = logging.getLogger("test.progress")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        bar = ProgressBar(4 * MIB, screen)
+        bar.update(MIB)
+        logger.warning("client: relay path 2 closed")
+        bar._last_draw = 0.0  # due again: draw at the next update
+        bar.update(MIB)
+        with contextlib.redirect_stdout(screen):
+            say("demo: stopping relay 127.0.0.1:4434")
+        bar.update(2 * MIB)
+        bar.finish()
+    finally:
+        logger.removeHandler(handler)
+    output = screen.getvalue()
+    assert _lines_glued_to_the_bar(output) == [], output
+    lines = output.split("\n")
+    assert "client: relay path 2 closed" in lines and "demo: stopping relay 127.0.0.1:4434" in lines
+    assert PROGRESS.search(lines[-2]) and "100.0%" in lines[-2] and lines[-1] == "", lines
+
+
+def test_demo_progress_bar_and_log_lines_on_one_screen() -> None:
+    """The demo with a relay stopped mid-download, stderr and stdout on one screen (as in a
+    terminal): the stop message and the warnings it causes are lines of their own."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "examples.file_transfer.server", "--demo", "--size", "8",
+            "--stop-relay-after", "0.3", "--progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=90,
+        env=ENV,
+    )  # fmt: skip
+    output = result.stdout.decode()
+    assert result.returncode == 0, output
+    assert PROGRESS.search(output), output
+    assert _lines_glued_to_the_bar(output) == [], output
+    lines = output.split("\n")
+    assert any(re.fullmatch(r"demo: stopping relay 127\.0\.0\.1:\d+", line) for line in lines)
+    assert any(re.match(r"\d{4}-\d\d-\d\d .* WARNING client: relay path", line) for line in lines)
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:

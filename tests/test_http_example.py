@@ -670,9 +670,9 @@ async def test_client_cli(demo: ASGIServer, tmp_path: Path, blob: bytes) -> None
 
 
 async def test_demo_prints_two_lines_and_serves(tmp_path: Path) -> None:
+    """``--demo`` alone: free ports (not the fixed 4433/8080, which may be taken), printed."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "examples.http.server", "--demo",
-        "--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None
@@ -682,6 +682,8 @@ async def test_demo_prints_two_lines_and_serves(tmp_path: Path) -> None:
             http_line = (await process.stdout.readline()).decode()
         assert kwik_line.startswith("kwik://127.0.0.1:"), kwik_line
         assert http_line.startswith("http://127.0.0.1:"), http_line
+        ports = {int(kwik_line.rpartition(":")[2]), int(http_line.rpartition(":")[2])}
+        assert ports.isdisjoint({0, 4433, 8080}), ports
         url = http_line.strip()
 
         def fetch(path: str) -> tuple[int, bytes]:
@@ -703,6 +705,35 @@ async def test_demo_prints_two_lines_and_serves(tmp_path: Path) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("busy", ["kwik", "gateway"])
+async def test_demo_on_a_busy_port_says_so_in_one_line(busy: str) -> None:
+    """A port given explicitly and taken: one line on stderr naming it, status 1, no
+    traceback (uvicorn's own exit, SystemExit(3), used to escape from its task)."""
+    kind = socket.SOCK_DGRAM if busy == "kwik" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        option = "--listen" if busy == "kwik" else "--gateway-listen"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "examples.http.server", "--demo", option, address,
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(30):
+                _, stderr = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    lines = stderr.decode().strip().splitlines()
+    assert process.returncode == 1, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and address in lines[0], lines
+    assert "in use" in lines[0], lines
 
 
 async def test_with_static_files_keeps_the_app_and_its_lifespan(static_dir: Path) -> None:

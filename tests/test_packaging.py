@@ -33,7 +33,8 @@ def test_metadata_is_complete() -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(
-    importlib.util.find_spec("build") is None, reason="needs the 'build' package (dev extra)"
+    importlib.util.find_spec("build") is None,
+    reason="needs the 'dev' extra (the build package): pip install -e '.[dev]'",
 )
 def test_wheel_and_sdist_build_and_carry_py_typed(tmp_path: Path) -> None:
     result = subprocess.run(

@@ -17,6 +17,7 @@ from benchmarks.paths import PathSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
+NEEDS_BENCH = "needs the 'bench' extra (matplotlib): pip install -e '.[bench]'"
 
 
 def _summary(samples: list[float], unit: str) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def _report() -> dict[str, Any]:
 
 
 def test_plot_from_json_writes_every_chart(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
     results = tmp_path / "results.json"
     results.write_text(json.dumps(_report()))
     out = tmp_path / "charts"
@@ -92,6 +93,84 @@ def test_plot_from_json_writes_every_chart(tmp_path: Path) -> None:
         assert (out / name).read_bytes().startswith(PNG), name
 
 
+def _outside(figure: Any) -> list[str]:
+    """The texts of ``figure`` that do not lie wholly inside it (clipped when saved)."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    width, height = figure.canvas.get_width_height()
+    texts = list(figure.texts)
+    for axis in figure.axes:
+        texts += [axis.title, axis.xaxis.label, axis.yaxis.label]
+        for ticks in (axis.xaxis, axis.yaxis):  # the tick labels drawn: those within the view
+            low, high = sorted(ticks.get_view_interval())
+            texts += [t.label1 for t in ticks.get_major_ticks() if low <= t.get_loc() <= high]
+    clipped = []
+    for text in texts:
+        if not text.get_text() or not text.get_visible():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            clipped.append(text.get_text())
+    return clipped
+
+
+def test_a_one_panel_chart_keeps_its_title_inside() -> None:
+    """The sessions chart (one panel, so a narrow figure) used to cut its title on both
+    sides: every text of a chart lies inside it."""
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plot import comparison_figure
+
+    row = {
+        "what": "50 concurrent sessions established, s (9 runs)",
+        "unit": "s",
+        "higher_is_better": False,
+        "kwik": _summary([0.15, 0.13, 0.22], "s"),
+        "aioquic": _summary([0.13, 0.12, 0.18], "s"),
+        "ratio": 1.13,
+    }
+    figure = comparison_figure("sessions", {"status": "ok", "rows": [row]})
+    try:
+        assert "sessions: kwik vs raw aioquic" in figure.texts[0].get_text().replace("\n", " ")
+        assert _outside(figure) == []
+    finally:
+        plt.close(figure)
+
+
+def test_ratio_labels_tell_every_row_apart() -> None:
+    """Two rows whose long descriptions differ only at the end (the pool's allocation rows)
+    used to get the same shortened label: each label is the whole description."""
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plot import ratios_figure
+
+    def row(what: str) -> dict[str, Any]:
+        return {
+            "what": what,
+            "unit": "MB",
+            "higher_is_better": False,
+            "kwik": _summary([10.1, 10.0, 10.2], "MB"),
+            "aioquic": _summary([6.9, 6.8, 6.9], "MB"),
+            "ratio": 1.47,
+        }
+
+    whats = [
+        "MB allocated per MiB received (tracemalloc, receiver), worker_pool=True",
+        "MB allocated per MiB received (tracemalloc, receiver), worker_pool=False",
+    ]
+    figure = ratios_figure({"pool": {"status": "ok", "rows": [row(what) for what in whats]}})
+    try:
+        labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+        assert sorted(" ".join(label.split()) for label in labels) == sorted(
+            f"pool: {what}" for what in whats
+        )
+        assert _outside(figure) == []
+    finally:
+        plt.close(figure)
+
+
 def test_from_json_needs_plot(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--from-json", str(tmp_path / "x.json")],
@@ -102,6 +181,38 @@ def test_from_json_needs_plot(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "--from-json needs --plot" in proc.stderr
+
+
+#: ``python -m benchmarks`` in a Python where matplotlib cannot be imported (the 'bench'
+#: extra missing): None in sys.modules makes ``import matplotlib`` raise ImportError.
+WITHOUT_MATPLOTLIB = (
+    "import sys; sys.modules['matplotlib'] = None; "
+    "from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("run", ["scenario", "from-json"])
+def test_plot_without_matplotlib_fails_before_running_anything(tmp_path: Path, run: str) -> None:
+    """``--plot`` without matplotlib: status 2 and the extra to install, at once; no scenario
+    runs first (it used to run them all, then fail)."""
+    out = tmp_path / "charts"
+    args = ["--quick", "rtt"] if run == "scenario" else ["--from-json", str(tmp_path / "r.json")]
+    if run == "from-json":
+        (tmp_path / "r.json").write_text(json.dumps(_report()))
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MATPLOTLIB, *args, "--plot", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "--plot: charts need matplotlib: pip install -e '.[bench]' (the 'bench' extra)"
+    ]
+    assert proc.stdout == ""  # no table: nothing ran
+    assert not out.exists()
 
 
 def test_path_chart_rates() -> None:
@@ -151,7 +262,7 @@ def test_sampler_rejects_a_bad_interval() -> None:
 
 async def test_file_transfer_client_plots_its_paths(tmp_path: Path) -> None:
     """``python -m examples.file_transfer.client --plot``: a chart of a real two-server download."""
-    pytest.importorskip("matplotlib", reason="charts need the 'bench' extra")
+    pytest.importorskip("matplotlib", reason=NEEDS_BENCH)
     from .conftest import CERT
     from .test_file_transfer_example import servers
 

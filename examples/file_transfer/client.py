@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 import kwik
 
-from .._common import client_tls, setup_logging
+from .._common import client_tls, end_progress_line, progress_line_drawn, setup_logging
 from .protocol import (
     ACK,
     APP_ERROR,
@@ -316,8 +316,7 @@ class ProgressBar:
         """Draw the final state (unless already shown) and end the line."""
         if self._drawn != self.done:
             self._draw(time.monotonic())
-        self.out.write("\n")
-        self.out.flush()
+        end_progress_line()
 
     def _draw(self, now: float) -> None:
         self._last_draw = now
@@ -330,6 +329,7 @@ class ProgressBar:
             f"{_mib(self.done)}/{_mib(self.total)} MiB {_mib(rate)} MiB/s"
         )
         self.out.flush()
+        progress_line_drawn(self.out)  # a log line or a message ends it first
 
 
 def _mib(n: float) -> str:
@@ -575,8 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     except KeyboardInterrupt:
+        end_progress_line()
         return 130
     except (TransferError, kwik.KwikError, OSError) as exc:
+        end_progress_line()  # a download that failed left its bar unfinished
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for line in format_report(result):

@@ -42,7 +42,7 @@ from typing import BinaryIO
 
 import kwik
 
-from .._common import setup_logging
+from .._common import end_progress_line, say, setup_logging
 from .client import TransferError, download, format_report
 from .protocol import (
     ACK,
@@ -415,7 +415,7 @@ async def demo(
 
         async def stop_relay(delay: float) -> None:
             await asyncio.sleep(delay)
-            print(f"demo: stopping relay {relay_addrs[0]}", flush=True)
+            say(f"demo: stopping relay {relay_addrs[0]}")  # on its own line, not the bar's
             await relay_listeners[0].close()
 
         async with asyncio.TaskGroup() as group:
@@ -497,8 +497,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         except KeyboardInterrupt:
+            end_progress_line()
             return 130
         except (TransferError, kwik.KwikError, OSError) as exc:
+            end_progress_line()  # a download that failed left its bar unfinished
             print(f"demo failed: {exc}", file=sys.stderr)
             return 1
     files_dir = Path(args.files)

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import kwik
 
+from .._common import EndProgressLine, end_progress_line, progress_line_drawn
+
 __all__ = [
     "DEFAULT_MAX_HEAD",
     "DEFAULT_PORT",
@@ -221,6 +223,7 @@ class ProgressBar:
         self.file.write("\r" + self.render(now) + "\x1b[K")
         self.file.flush()
         self._shown = (self.done, self.total)
+        progress_line_drawn(self.file)  # a log line ends it first
 
     def finish(self) -> None:
         """Draw the final state (unless it is on screen already) and end the line; nothing
@@ -229,8 +232,7 @@ class ProgressBar:
             return
         if not self._is_shown():
             self._draw(time.monotonic())
-        self.file.write("\n")
-        self.file.flush()
+        end_progress_line()
 
 
 def run_cli(
@@ -244,6 +246,8 @@ def run_cli(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO,
         format="%(asctime)s %(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EndProgressLine())  # a record never lands on a progress bar's line
     if not args.verbose:
         logging.getLogger("kwik").setLevel(logging.WARNING)
         logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
@@ -251,6 +255,7 @@ def run_cli(
     try:
         asyncio.run(run(args))
     except (OSError, ValueError, ImportError) as exc:
+        end_progress_line()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

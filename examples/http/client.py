@@ -41,6 +41,7 @@ import httpx
 
 import kwik
 
+from .._common import EndProgressLine
 from ._util import LOGGER, ProgressBar, client_tls_config, split_url
 
 __all__ = ["KwikTransport", "main"]
@@ -483,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(EndProgressLine())  # a record never lands on the progress bar's line
     if args.verbose < 2:
         logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
     try:

@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 
@@ -230,9 +232,19 @@ class Gateway:
         if self._server is not None:
             raise RuntimeError("gateway already started")
         host, _, port = listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        # bound here rather than by uvicorn, which logs a bind failure and calls sys.exit(3) in
+        # its task (a SystemExit that escapes the event loop): a busy port is one clear OSError
+        try:
+            sock = socket.create_server(
+                (host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+            )
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(f"the gateway cannot listen on {listen}: {why}") from None
         config = uvicorn.Config(
             self.app,
-            host=host.strip("[]") or "127.0.0.1",
+            host=host,
             port=int(port),
             lifespan="on",
             ws="none",
@@ -242,14 +254,22 @@ class Gateway:
             date_header=False,
         )
         self._server = server = _Server(config)
-        self._task = asyncio.ensure_future(server.serve())
+        self._task = asyncio.ensure_future(self._serve(server, sock))
         while not server.started:
             if self._task.done():
-                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
-                    self._task.result()
-                raise OSError(f"the gateway could not listen on {listen}")
+                self._task.result()  # the OSError of a failed start
+                raise OSError(f"the gateway could not start on {listen}")
             await asyncio.sleep(0.01)
         LOGGER.info("gateway %s -> kwik://%s", self.url, self.upstream)
+
+    @staticmethod
+    async def _serve(server: _Server, sock: socket.socket) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn's way of failing: an error, not an exit
+            raise OSError(f"the gateway stopped: uvicorn exited with status {exc.code}") from None
+        finally:
+            sock.close()
 
     async def close(self) -> None:
         """Stop uvicorn (open connections get a few seconds to finish) and close the kwik

@@ -32,6 +32,10 @@ From the command line (the default application is the Starlette demo, :mod:`exam
     python -m examples.http.server --app myproject.asgi:app --listen 0.0.0.0:4433 \\
         --cert cert.pem --key key.pem
     python -m examples.http.server --demo       # + a uvicorn gateway for curl and browsers
+
+The demo listens on free ports and prints its two addresses (``kwik://...`` and
+``http://...``); ``--listen`` and ``--gateway-listen`` choose them. A port that is taken ends
+the program with one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -423,7 +427,7 @@ class ASGIServer:
             await self.shutdown()
             raise
         self._spawn(self._accept_loop(self._listener), "accept")
-        LOGGER.info("ASGI over kwik on %s", self._listener.addr)
+        LOGGER.debug("ASGI over kwik on %s", self._listener.addr)  # the CLI prints it
 
     async def close(self) -> None:
         """Stop listening, close every session (gracefully, within the listener's bound), end
@@ -787,7 +791,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE:ATTR",
         help="the ASGI application (default: the Starlette demo, examples.http.app:app)",
     )
-    parser.add_argument("--listen", default="127.0.0.1:4433", help="kwik address (host:port)")
+    parser.add_argument(
+        "--listen",
+        help="kwik address (host:port; default 127.0.0.1:4433, with --demo 127.0.0.1:0: a free "
+        "port, printed)",
+    )
     parser.add_argument("--cert", help="certificate chain (PEM); default: a self-signed one")
     parser.add_argument("--key", help="private key (PEM)")
     parser.add_argument("--cert-out", help="write the generated certificate here (for --ca)")
@@ -809,9 +817,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gateway-listen",
-        default="127.0.0.1:8080",
+        default="127.0.0.1:0",
         metavar="HOST:PORT",
-        help="the demo gateway's TCP address",
+        help="the demo gateway's TCP address (default: a free port on 127.0.0.1, printed)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
@@ -844,16 +852,21 @@ async def _run(args: argparse.Namespace) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        listen = args.listen or ("127.0.0.1:0" if args.demo else "127.0.0.1:4433")
         try:
-            await server.start(args.listen, tls)
+            try:
+                await server.start(listen, tls)
+            except OSError as exc:  # one line naming the address, whatever kwik's says
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(f"cannot listen on {listen} (kwik, UDP): {why}") from None
             print(f"kwik://{server.addr}", flush=True)
             if args.demo:
                 gateway = Gateway(server.addr, kwik.TLSConfig(cadata=cert_pem))
                 await gateway.start(args.gateway_listen)
                 print(gateway.url.rstrip("/"), flush=True)
             await stop.wait()
-        finally:
             LOGGER.info("shutting down")
+        finally:
             if gateway is not None:
                 await gateway.close()
             await server.close()
