@@ -247,7 +247,7 @@ def send_blocked(quic: QuicConnection) -> bool:
 
 def request_probe(quic: QuicConnection) -> None:
     """Make the next packet a probe, which may go beyond the congestion window (RFC 9002
-    §7: only probes may): a liveness probe must leave even when the window is full."""
+    section 7: only probes may): a liveness probe must leave even when the window is full."""
     quic._probe_pending = True
 
 

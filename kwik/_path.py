@@ -386,7 +386,8 @@ class Path(QuicConnectionProtocol):
     # --- closing --------------------------------------------------------------------------------
 
     def close(self, error_code: int = CLOSE_NORMAL, reason_phrase: str = "") -> None:
-        """Close the QUIC connection with an application error code (spec §3 "Close")."""
+        """Close the QUIC connection with an application error code
+        (``docs/protocol.md``, "Closing")."""
         if self._local_close or self.terminated:
             return
         self._local_close = True

@@ -2,7 +2,7 @@
 
 KWIK runs over QUIC, which is already reliable, so kwik never retransmits. A Go KWIK peer does
 retransmit every packet it does not see acknowledged, so kwik acknowledges what it receives
-(spec/wire-v2.md §3 "Acknowledgement") and drops packets it has already dispatched (port
+(``docs/protocol.md``, "Acknowledgements") and drops packets it has already dispatched (port
 decision 7: control frames such as AddPath or RelayData must never act twice).
 
 Bounds under a hostile peer. Packet numbers are chosen by the peer, so nothing about them can

@@ -2,7 +2,7 @@
 
 The transport stream is a byte stream of records ``[u32 L1][u32 L2][packet]``. Bytes arrive in
 whatever chunks QUIC delivers (one byte at a time included). :class:`RecordReader` buffers them
-and hands out one packet body at a time, applying the cut rules of spec/wire-v2.md §1:
+and hands out one packet body at a time, applying the cut rules of ``docs/protocol.md``, "Records":
 
 * ``L1 == 0`` is an empty record (keep-alive) and is skipped;
 * ``L1 > max_record_size`` raises :class:`~kwik.exceptions.ProtocolViolationError`;

@@ -2,7 +2,7 @@
 
 A logical stream's bytes may arrive on several paths, from several servers, in any order, with
 duplicates and overlaps. :class:`ReceiveBuffer` keeps the contiguous prefix ready to read and
-holds the rest by offset until the gap before it fills (spec/wire-v2.md §3 "Data").
+holds the rest by offset until the gap before it fills (``docs/protocol.md``, "Logical streams").
 
 Memory is bounded by construction:
 
