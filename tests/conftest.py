@@ -138,3 +138,11 @@ async def read_all(stream: kwik.Stream) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait (polling) until ``predicate()`` holds; fail after ``timeout``, a bound a hang
+    would break (the condition is what is asserted, never a fixed sleep)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)

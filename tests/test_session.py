@@ -11,7 +11,7 @@ import kwik
 from kwik._path import Path
 from kwik.protocol import OpenStreamFrame, StreamFrame, encode_record
 
-from .conftest import CERT, KEY, Server, read_all
+from .conftest import CERT, KEY, Server, read_all, wait_until
 
 MIB = 1024 * 1024
 
@@ -259,29 +259,30 @@ async def test_write_waits_while_send_buffer_full(make_server, client_tls, confi
         session = await kwik.dial_addr(server.addr, client_tls, small)
         stream = await session.open_stream_sync()
         writer = asyncio.create_task(stream.write(payload))
-        await asyncio.sleep(0.5)
+        # the receiver's window is full: the writer is stopped, the rest stays with it
+        await wait_until(lambda: stream._state.sender.credit == small.stream_receive_buffer)
+        await wait_until(lambda: stream._state.sender.buffered == len(payload) - 64 * 1024)
         assert not writer.done(), "write must wait while the peer does not read"
-        # memory is bounded on the sending side: kwik's buffer + the path window
-        assert stream._state.send_buffered <= len(payload)
         path = session._primary
         assert path is not None and path.unacked_bytes() <= small.path_send_window + 70_000
         release.set()
         await writer
         await stream.close()
         await session.close()
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: bool(got))
     assert got == [payload]
 
 
 async def test_receiver_that_does_not_read_bounds_memory(make_server, client_tls, config) -> None:
-    """A stream nobody reads stops its path (bounded buffers); reading later gets every byte."""
+    """A stream nobody reads holds at most its window; its writer waits, its path does not
+    stop (another stream goes on), and reading later gets every byte."""
     streams: list[kwik.Stream] = []
 
     async def handler(session: kwik.Session, stream: kwik.Stream) -> None:
         streams.append(stream)
+        if len(streams) == 2:
+            await stream.write(await read_all(stream))  # the second stream is an echo
+            await stream.close()
 
     small = config.replace(
         stream_receive_buffer=128 * 1024,
@@ -295,16 +296,18 @@ async def test_receiver_that_does_not_read_bounds_memory(make_server, client_tls
         session = await kwik.dial_addr(server.addr, client_tls, small)
         stream = await session.open_stream_sync()
         writer = asyncio.create_task(stream.write(payload))
-        await asyncio.sleep(1.0)
-        assert streams, "the server accepted the stream"
+        await wait_until(lambda: len(streams) == 1)
         server_stream = streams[0]
-        server_path = server.sessions[0]._primary
-        assert server_path is not None
-        held = server_stream._state.recv.buffered + server_path.records_buffered
-        # what the server holds is bounded by its buffer, one record and the QUIC window
-        assert held <= small.stream_receive_buffer + 128 * 1024 + small.path_receive_window
-        assert server_path.is_blocked
+        state = server_stream._state
+        await wait_until(lambda: state.receiver.buffered == small.stream_receive_buffer)
         assert not writer.done()
+        # the path goes on: a second stream is echoed while the first waits
+        other = await session.open_stream_sync()
+        echo = os.urandom(MIB)
+        await other.write(echo)
+        await other.close()
+        assert await read_all(other) == echo
+        assert state.receiver.buffered <= small.stream_receive_buffer  # never more than its window
         reader = asyncio.create_task(read_all(server_stream))
         await writer
         await stream.close()
@@ -582,9 +585,9 @@ async def test_silent_server_fails_the_path(make_server, client_tls, config, mon
         assert "silent" in exc.value.reason
 
 
-async def test_cancel_read_unblocks_the_path(make_server, client_tls, config) -> None:
-    """A stream the application abandons with cancel_read() no longer stops its path: other
-    streams of the same session carry on, and later reads of it raise StreamClosedError."""
+async def test_cancel_read_unblocks_a_v2_path(make_server, client_tls, config) -> None:
+    """KWIK v2 (no credit): a stream nobody reads spends the session budget and its path
+    stops; cancel_read() discards it, the path goes on, later reads raise StreamClosedError."""
 
     async def handler(session: kwik.Session, stream: kwik.Stream) -> None:
         request = await stream.readexactly(1)
@@ -594,15 +597,16 @@ async def test_cancel_read_unblocks_the_path(make_server, client_tls, config) ->
             await stream.write(b"small answer")
         await stream.close()
 
-    small = config.replace(stream_receive_buffer=64 * 1024)
+    small = config.replace(session_receive_buffer=128 * 1024, path_receive_window=128 * 1024)
     server = await make_server(handler, small)
+    v2 = kwik.TLSConfig(cadata=CERT, alpn_protocols=("kwik",))
     async with asyncio.timeout(30):
-        session = await kwik.dial_addr(server.addr, client_tls, small)
+        session = await kwik.dial_addr(server.addr, v2, small)
         big = await session.open_stream_sync()
         await big.write(b"B")
-        await asyncio.sleep(0.3)
         path = session._primary
-        assert path is not None and path.is_blocked  # nobody reads the big answer
+        assert path is not None and not session.paths[0].credit_extension
+        await wait_until(lambda: path.is_blocked)  # nobody reads the big answer
         big.cancel_read()
         with pytest.raises(kwik.StreamClosedError):
             await big.read()
@@ -611,7 +615,35 @@ async def test_cancel_read_unblocks_the_path(make_server, client_tls, config) ->
         await other.close()
         assert await read_all(other) == b"small answer"
         assert not path.is_blocked
-        assert big._state.recv.buffered == 0
+        assert big._state.receiver.buffered == 0
+        await session.close()
+
+
+async def test_cancel_read_lets_the_writer_finish(make_server, client_tls, config) -> None:
+    """With credit, an unread stream stops only its writer; cancel_read() lets the writer
+    finish (what it sends is dropped on arrival), so the stream ends on both sides."""
+    finished = asyncio.Event()
+
+    async def handler(session: kwik.Session, stream: kwik.Stream) -> None:
+        await stream.readexactly(1)
+        await stream.write(os.urandom(4 * MIB))
+        await stream.close()
+        finished.set()
+
+    small = config.replace(stream_receive_buffer=64 * 1024)
+    server = await make_server(handler, small)
+    async with asyncio.timeout(30):
+        session = await kwik.dial_addr(server.addr, client_tls, small)
+        big = await session.open_stream_sync()
+        await big.write(b"B")
+        await big.close()
+        state = big._state
+        await wait_until(lambda: state.receiver.buffered == small.stream_receive_buffer)
+        assert not finished.is_set()
+        big.cancel_read()
+        await finished.wait()
+        await wait_until(lambda: session.statistics().open_streams == 0)
+        assert server.sessions[0].statistics().open_streams == 0
         await session.close()
 
 

@@ -1323,6 +1323,11 @@ class SessionCore:
         out = self._outbox.get(relay_path_id)
         return out.buffered if out is not None else None
 
+    def relay_backlog(self, relay_path_id: int) -> int:
+        """Client: bytes the primary relayed for ``relay_path_id`` not yet forwarded to it
+        (``Config.relay_buffer`` bounds it)."""
+        return self._forwarder.backlog.get(relay_path_id, 0)
+
     def remove_relay(self, relay_path_id: int) -> bool:
         """Server: stop using a relay; what was queued for it and not sent is dropped."""
         out = self._outbox.remove(relay_path_id)
