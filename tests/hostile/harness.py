@@ -161,6 +161,7 @@ class RawPeer(QuicConnectionProtocol):
         self.records: list[Received] = []
         self.terminated: ConnectionTerminated | None = None
         self.next_packet_number = 1
+        self.extended = False  # the credit extension was negotiated (its frames decode)
         self._buf = bytearray()
         self._changed = asyncio.Event()
 
@@ -187,7 +188,7 @@ class RawPeer(QuicConnectionProtocol):
                 continue
             if length >= 4 and _U32.unpack_from(record, 0)[0] == length - 4:
                 record = record[4:]
-            self.records.append(Received(length, decode_packet(record)))
+            self.records.append(Received(length, decode_packet(record, extended=self.extended)))
         del buf[:pos]
 
     def frames(self, kind: type[Frame]) -> list[tuple[Received, Frame]]:
@@ -281,14 +282,17 @@ class RawPeer(QuicConnectionProtocol):
 
 
 @contextlib.asynccontextmanager
-async def raw_connect(addr: str, *, timeout: float = 10.0) -> AsyncIterator[RawPeer]:
+async def raw_connect(
+    addr: str, *, timeout: float = 10.0, alpn: Sequence[str] = ("kwik",)
+) -> AsyncIterator[RawPeer]:
     """Complete a QUIC handshake with the kwik server at ``addr`` (verifying the test
     certificate), open the transport stream with a first Ping record (which creates the
-    session) and wait for its echo."""
+    session) and wait for its echo. ``alpn``: what the peer offers (``("kwik-credit-1",)``
+    speaks the credit extension)."""
     host, port = parse_address(addr)
     configuration = QuicConfiguration(
         is_client=True,
-        alpn_protocols=["kwik"],
+        alpn_protocols=list(alpn),
         server_name="localhost",
         verify_mode=ssl.CERT_REQUIRED,
         cadata=CERT,
@@ -297,6 +301,7 @@ async def raw_connect(addr: str, *, timeout: float = 10.0) -> AsyncIterator[RawP
     async with asyncio.timeout(timeout):
         client = connect(host, port, configuration=configuration, create_protocol=RawPeer)
         peer: RawPeer = await client.__aenter__()  # type: ignore[assignment]
+    peer.extended = peer._quic.tls.alpn_negotiated == kwik.config.EXTENSION_ALPN
     try:
         if not await peer.ping_barrier(timeout):
             raise RuntimeError("the kwik server never echoed the first Ping")

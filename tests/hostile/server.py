@@ -5,8 +5,9 @@ Run by :class:`tests.hostile.harness.ServerProcess` as::
     python -m tests.hostile.server CERTFILE KEYFILE CONFIG_JSON MODE
 
 ``CONFIG_JSON`` holds :class:`kwik.Config` keyword arguments. ``MODE`` is ``echo`` (accept every
-session and stream, echo each stream's bytes back and close it) or ``idle`` (accept sessions but
-never accept a stream: an application that does not keep up).
+session and stream, echo each stream's bytes back and close it), ``idle`` (accept sessions but
+never accept a stream: an application that does not keep up) or ``hold`` (accept every session
+and stream; never read the streams of the first session, the attacker's; echo the others').
 
 It prints ``ADDR host:port`` once listening, then answers each ``stats`` line on stdin with one
 JSON line: ``rss`` and ``hwm`` (VmRSS and VmHWM, bytes), ``max_lag`` (longest lateness of a
@@ -64,16 +65,22 @@ class Server:
             self.max_lag = max(self.max_lag, time.perf_counter() - start - TICK)
 
     async def accept_sessions(self, listener: kwik.Listener) -> None:
+        first = True
         async for session in listener:
             self.sessions += 1
-            if self.mode == "echo":
-                self.spawn(self.accept_streams(session))
+            if self.mode in ("echo", "hold"):
+                self.spawn(self.accept_streams(session, hold=self.mode == "hold" and first))
+            first = False
 
-    async def accept_streams(self, session: kwik.Session) -> None:
+    async def accept_streams(self, session: kwik.Session, *, hold: bool) -> None:
+        held: list[kwik.Stream] = []
         with contextlib.suppress(kwik.KwikError):
             while True:
                 stream = await session.accept_stream()
-                self.spawn(self.echo(stream))
+                if hold:
+                    held.append(stream)
+                else:
+                    self.spawn(self.echo(stream))
 
     async def echo(self, stream: kwik.Stream) -> None:
         with contextlib.suppress(kwik.KwikError):
