@@ -219,10 +219,11 @@ class Stream:
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the current write offset; return its size in bytes.
 
-        Returns once the stream's send buffer is back under ``Config.stream_send_buffer``
-        (bytes written far ahead, beyond what the reader can take while the bytes before them
-        are still to be written, do not count: write those next). Any buffer is accepted; a
-        multi-byte ``memoryview`` counts bytes, not items.
+        Returns once the stream's send buffer is back under ``Config.stream_send_buffer``.
+        Bytes written far ahead (beyond what the reader can take, while the bytes before them
+        are still to be written) do not count, up to another ``stream_send_buffer`` of them, so
+        a writer can place a part far ahead and then write what comes first. Any buffer is
+        accepted; a multi-byte ``memoryview`` counts bytes, not items.
 
         Raises:
             StreamClosedError: :meth:`close` was called, the peer refused the stream, or its

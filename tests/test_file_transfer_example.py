@@ -39,6 +39,7 @@ from examples.file_transfer.protocol import (
     TakenOver,
     chunk_runs,
     decode_command,
+    failover_config,
     missing_chunks,
     read_message,
     resolve_file,
@@ -549,7 +550,7 @@ async def test_relay_killed_mid_download(tmp_path: Path) -> None:
             os.kill(relay.pid, signal.SIGKILL)
             killed_at.append(time.monotonic())
 
-    config = kwik.Config(handshake_timeout=5.0)
+    config = failover_config(handshake_timeout=5.0)  # the example's fast-failover bounds
     try:
         async with asyncio.timeout(90), servers(files, config, relay_addr=relay_addr) as addr:
             result = await fetch(

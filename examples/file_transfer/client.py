@@ -58,6 +58,7 @@ from .protocol import (
     TakenOver,
     chunk_runs,
     encode_message,
+    failover_config,
     missing_chunks,
     read_message,
 )
@@ -368,7 +369,7 @@ async def download(
     """
     started = time.monotonic()
     out_path = Path(out) if out is not None else Path(f"downloaded_{Path(file_name).name}")
-    session = await kwik.dial_addr(addr, tls, config)
+    session = await kwik.dial_addr(addr, tls, config if config is not None else failover_config())
     recoveries = _Recoveries(session, started)
     session.add_path_closed_callback(recoveries.on_path_closed)
     sampler = None
@@ -560,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     show_progress = args.progress or sys.stderr.isatty()
     # -k trusts every server: the relays too (kwik verifies them unless told otherwise)
-    config = kwik.Config(relay_insecure_skip_verify=True) if args.insecure else None
+    config = failover_config(relay_insecure_skip_verify=args.insecure)
     try:
         result = asyncio.run(
             download(

@@ -127,6 +127,18 @@ CHUNK_SIZE = 64 * 1024
 WINDOW_SIZE_CHUNKS = 10
 #: Default addresses (as upstream: primary 4433, relay 4434).
 DEFAULT_PRIMARY_ADDR = "127.0.0.1:4433"
+
+#: Liveness bounds for fast failover: a relay that dies is noticed within 3 s (kwik's defaults
+#: wait 15 s, so that an 8 s outage never fails a path); the price is that a network outage
+#: longer than about 1.7 s fails a path too (``docs/guide/configuration.md``).
+FAILOVER = {"heartbeat_interval": 1.0, "heartbeat_miss_threshold": 3}
+
+
+def failover_config(**changes: Any) -> kwik.Config:
+    """The example's :class:`kwik.Config`: kwik's defaults with :data:`FAILOVER`."""
+    return kwik.Config(**{**FAILOVER, **changes})
+
+
 DEFAULT_RELAY_ADDR = "127.0.0.1:4434"
 
 #: Length prefix of a message.

@@ -14,7 +14,8 @@ When the client loses its path to a relay (the relay died, or the path failed), 
 stream and sends RECOVER with the chunks it lacks; the primary drops that relay
 (``session.remove_path``), writes the relay's missing chunks itself, answers which ones it took
 over, and deals every later window without it. Nothing is lost; the download only waits for
-kwik to notice the failure (``Config.stall_timeout``, 3 s, on a busy path).
+kwik to notice the failure: the example sets fast-failover liveness bounds
+(``protocol.FAILOVER``: a dead relay is noticed within 3 s, where kwik's defaults wait 15 s).
 
     python -m examples.file_transfer.relay  --files DIR                     # 127.0.0.1:4434
     python -m examples.file_transfer.server --files DIR                     # 127.0.0.1:4433
@@ -60,6 +61,7 @@ from .protocol import (
     TakenOver,
     encode_error,
     encode_record,
+    failover_config,
     file_sha256,
     read_chunk,
     read_message,
@@ -396,6 +398,7 @@ async def demo(
 
     Returns 0 only if the copy is exact and a relay path carried file data.
     """
+    config = config if config is not None else failover_config()
     cert_pem, key_pem = kwik.generate_self_signed_cert(["localhost", "127.0.0.1"])
     server_tls = kwik.TLSConfig(certificate=cert_pem, private_key=key_pem)
     with tempfile.TemporaryDirectory(prefix="kwik-file-transfer-") as tmp:

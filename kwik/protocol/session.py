@@ -269,11 +269,11 @@ class SessionCore:
         limit = self.config.stream_send_buffer
         if isinstance(item, LogicalStream):
             sender = item.sender
-            was_over = sender.counted > limit
+            was_over = sender.counted(limit) > limit
             frame = sender.next_frame(item.stream_id, self._max_frame)
             if frame is None:
                 return None, False
-            if was_over and sender.counted <= limit:
+            if was_over and sender.counted(limit) <= limit:
                 self._events.append(StreamWritable(item))
             if sender.done:
                 self._maybe_retire(item)
@@ -1220,7 +1220,7 @@ class SessionCore:
 
     def send_pending(self, stream: LogicalStream) -> int:
         """Bytes the writer must wait for (``Config.stream_send_buffer``)."""
-        return stream.sender.counted
+        return stream.sender.counted(self.config.stream_send_buffer)
 
     def finish(self, stream: LogicalStream, *, fin: bool = True) -> None:
         """Finish the sending side. ``fin=True`` sends FIN at the final offset (the highest of

@@ -121,23 +121,23 @@ class StreamSender:
             return True
         return self._first_sendable() is not None
 
-    @property
-    def counted(self) -> int:
+    def counted(self, slack: int) -> int:
         """Buffered bytes the application must wait for (``Config.stream_send_buffer``).
 
         Bytes written beyond a gap above the peer's credit (far ahead of what the reader can
-        take, while the bytes before them are still to be written) are not counted: the
-        application must be able to go on and write what comes first.
+        take, while the bytes before them are still to be written, by this writer or another)
+        are not counted, up to ``slack`` of them: a writer may place that much far ahead and
+        still go on to write what comes first, and never runs further ahead than that.
         """
         credit = self.credit
         if credit is None:
             return self.buffered
-        total = 0
+        far = 0
         for offset, buf in self._segments:
             assert isinstance(offset, int) and isinstance(buf, bytearray)
-            if offset <= credit:
-                total += len(buf)
-        return total
+            if offset > credit:
+                far += len(buf)
+        return self.buffered - min(far, slack)
 
     def set_write_offset(self, offset: int) -> None:
         if not 0 <= offset <= U64_MAX:

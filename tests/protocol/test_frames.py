@@ -23,7 +23,9 @@ from kwik.protocol.frames import (
     OpenStreamRespFrame,
     Packet,
     PingFrame,
+    RelayCreditFrame,
     RelayDataFrame,
+    StreamCreditFrame,
     StreamFrame,
     decode_packet,
     encode_packet,
@@ -141,6 +143,9 @@ SAMPLE_FRAMES: dict[str, Frame] = {
     "add_path_resp_refused": AddPathRespFrame(0, "[::1]:4433"),
     "relay_data": RelayDataFrame(2, 1, b'{"type":"SEND_WINDOW"}'),
     "relay_data_empty": RelayDataFrame(U64_MAX, U64_MAX, b""),
+    "stream_credit": StreamCreditFrame(1, 1 << 20),
+    "stream_credit_max": StreamCreditFrame(U64_MAX, U64_MAX),
+    "relay_credit": RelayCreditFrame(2, 1 << 20),
     "open_stream": OpenStreamFrame(1),
     "open_stream_max": OpenStreamFrame(U64_MAX),
     "open_stream_resp_ok": OpenStreamRespFrame(1, True),
@@ -220,7 +225,7 @@ def test_golden_multi_frame_decodes_every_frame_in_order() -> None:
 def test_frame_round_trips_through_encode_packet(name: str) -> None:
     """decode_packet(encode_packet(frame)) gives the frame back."""
     frame = SAMPLE_FRAMES[name]
-    packet = decode_packet(encode_packet(42, [frame]))
+    packet = decode_packet(encode_packet(42, [frame]), extended=True)
     assert packet == Packet(42, (frame,), 0)
 
 
@@ -230,7 +235,7 @@ def test_frame_round_trips_through_encode_record(name: str) -> None:
     frame = SAMPLE_FRAMES[name]
     record = encode_record(U64_MAX, [frame])
     assert record[8:] == encode_packet(U64_MAX, [frame])
-    assert decode_packet(split_record(record)) == Packet(U64_MAX, (frame,), 0)
+    assert decode_packet(split_record(record), extended=True) == Packet(U64_MAX, (frame,), 0)
 
 
 def test_every_frame_type_has_a_sample() -> None:
@@ -242,7 +247,7 @@ def test_every_frame_type_has_a_sample() -> None:
 def test_all_frame_types_in_one_packet_decode_in_order() -> None:
     """A packet carrying every sample frame decodes each one, in wire order."""
     frames = list(SAMPLE_FRAMES.values())
-    packet = decode_packet(encode_packet(9, frames))
+    packet = decode_packet(encode_packet(9, frames), extended=True)
     assert packet.frames == tuple(frames)
     assert packet.packet_number == 9
 
@@ -623,3 +628,48 @@ def test_fuzz_spliced_golden_packets(name: str, start: int, junk: bytes) -> None
     data = golden_packet(name)
     at = start % (len(data) + 1)
     assert_decodes_or_violates(data[:at] + junk + data[at:])
+
+
+# --- the credit extension ---------------------------------------------------------------------
+
+CREDIT_GOLDEN = json.loads(
+    (Path(__file__).resolve().parent.parent / "data" / "golden-credit-1.json").read_text()
+)["vectors"]
+
+
+def _credit_frame(spec: dict[str, Any]) -> Frame:
+    kind = spec["type"]
+    if kind == "StreamCredit":
+        return StreamCreditFrame(spec["stream_id"], spec["max_offset"])
+    if kind == "RelayCredit":
+        return RelayCreditFrame(spec["relay_path_id"], spec["max_bytes"])
+    if kind == "OpenStream":
+        return OpenStreamFrame(spec["stream_id"])
+    raise AssertionError(f"unknown frame type {kind!r}")
+
+
+@pytest.mark.parametrize("name", list(CREDIT_GOLDEN))
+def test_credit_golden_vector_encodes_and_decodes_exactly(name: str) -> None:
+    """The extension's frames match bytes written by hand from the layout in
+    docs/protocol.md ("The credit extension"), both ways."""
+    vector = CREDIT_GOLDEN[name]
+    frames = [_credit_frame(f) for f in vector["frames"]]
+    wire = bytes.fromhex(vector["hex"])
+    assert encode_record(vector["packet_number"], frames) == wire
+    assert decode_packet(wire[8:], extended=True) == Packet(vector["packet_number"], tuple(frames))
+
+
+@pytest.mark.parametrize("name", list(CREDIT_GOLDEN))
+def test_credit_frames_are_unknown_on_a_v2_path(name: str) -> None:
+    """A KWIK v2 path never negotiated the extension: its frame types are unknown there."""
+    wire = bytes.fromhex(CREDIT_GOLDEN[name]["hex"])
+    with pytest.raises(ProtocolViolationError, match="unknown frame type 0x4"):
+        decode_packet(wire[8:])
+
+
+@pytest.mark.parametrize("size", [1, 8, 16])
+def test_truncated_credit_frames_are_violations(size: int) -> None:
+    for frame in (StreamCreditFrame(1, 2), RelayCreditFrame(1, 2)):
+        data = encode_packet(1, [frame])
+        with pytest.raises(ProtocolViolationError, match="truncated"):
+            decode_packet(data[: HEADER_SIZE + size], extended=True)
