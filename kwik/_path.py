@@ -60,6 +60,8 @@ class PathOwner(Protocol):
 
     def _path_record(self, path: Path, record: memoryview | bytes) -> None: ...
 
+    def _path_peek(self, path: Path, record: bytes) -> None: ...
+
     def _path_datagram(self, path: Path) -> None: ...
 
     def _path_transmitted(self, path: Path, in_flight: bool, pto: float) -> None: ...
@@ -338,6 +340,11 @@ class Path(QuicConnectionProtocol):
                     sink.wait_room(self)
         except ProtocolViolationError as exc:
             self.fail(f"protocol violation: {exc}")
+            return
+        if reader.buffered and not self.terminated:
+            # stopped with records left: their Pings are still answered (look ahead)
+            for ahead in reader.peek_records():
+                owner._path_peek(self, ahead)
 
     def process_record(self, record: memoryview) -> None:
         """A record the worker pool took from this path, in arrival order."""

@@ -444,6 +444,10 @@ class Session:
         with self._driving() as core:
             core.receive_record(path.path_id, record, self._loop.time())
 
+    def _path_peek(self, path: Path, record: bytes) -> None:
+        with self._driving() as core:
+            core.peek_record(path.path_id, record, self._loop.time())
+
     def _path_datagram(self, path: Path) -> None:
         self._core.on_datagram(path.path_id, self._loop.time())
         if path.window_blocked and path.send_room() > 0:

@@ -39,7 +39,16 @@ class RecordReader:
     stays failed and the path must be closed.
     """
 
-    __slots__ = ("_buf", "_pos", "_failed", "consumed", "max_record_size", "records", "skipped")
+    __slots__ = (
+        "_buf",
+        "_failed",
+        "_peeked",
+        "_pos",
+        "consumed",
+        "max_record_size",
+        "records",
+        "skipped",
+    )
 
     def __init__(self, max_record_size: int = MAX_RECORD_SIZE) -> None:
         if max_record_size < 1:
@@ -54,6 +63,7 @@ class RecordReader:
         self.records = 0
         #: empty (L1 == 0) records skipped
         self.skipped = 0
+        self._peeked = 0  # stream offset up to which peek_records() has looked
 
     @property
     def buffered(self) -> int:
@@ -79,6 +89,29 @@ class RecordReader:
             tail.release()
             self._buf = new
             self._pos = 0
+
+    def peek_records(self) -> list[bytes]:
+        """Copies of the complete records buffered beyond what :meth:`next_record` returned
+        and beyond the previous call, without consuming them (they are still returned by
+        :meth:`next_record` later). A path that stops taking records looks ahead with this for
+        the Pings it must still answer."""
+        buf = self._buf
+        out: list[bytes] = []
+        if self._failed is not None:
+            return out
+        pos = self._pos + max(self._peeked - self.consumed, 0)
+        while len(buf) - pos >= 4:
+            (length,) = _U32.unpack_from(buf, pos)
+            if length > self.max_record_size or len(buf) - pos - 4 < length:
+                break
+            start, end = pos + 4, pos + 4 + length
+            if length >= 4 and _U32.unpack_from(buf, start)[0] == length - 4:
+                start += 4
+            if length:
+                out.append(bytes(buf[start:end]))
+            pos = end
+        self._peeked = self.consumed + pos - self._pos
+        return out
 
     def next_record(self) -> memoryview | None:
         """Return the next packet body, or None when more bytes are needed.

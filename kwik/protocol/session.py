@@ -452,6 +452,22 @@ class SessionCore:
         if was_taking != path.takes_records:
             self._refresh_liveness(path, now)
 
+    def peek_record(self, path_id: int, record: bytes, now: float) -> None:
+        """A record the transport holds while the path takes no records (see
+        :meth:`wants_records`): its Pings are answered now, so that a peer waiting for echoes
+        does not take a path whose data waits for a slow reader for a dead one. The record is
+        still handed in later with :meth:`receive_record`, in order (its Ping then echoed
+        again: echoes are coalesced, so that is at most one more)."""
+        path = self._paths.get(path_id)
+        if path is None or not path.can_send:
+            return
+        try:
+            packet = decode_packet(record, extended=path.extended)
+        except ProtocolViolationError:
+            return  # it fails the path when it is handed in
+        if any(isinstance(f, PingFrame) for f in packet.frames):
+            self._on_ping(path, now)
+
     def _route(self, path: CorePath, frame: Frame) -> None:
         """Handle ``frame`` now, or make it wait in its lane (see :mod:`.path`)."""
         if isinstance(frame, AckFrame):

@@ -498,3 +498,22 @@ def test_views_of_bare_and_prefixed_records_survive() -> None:
         (OpenStreamFrame(2),),
         (OpenStreamFrame(3),),
     ]
+
+
+def test_peek_records_looks_ahead_without_consuming() -> None:
+    """peek_records() returns complete records beyond the read position once each, and
+    next_record() still returns them, in order."""
+    from kwik.protocol import encode_record
+
+    reader = RecordReader()
+    records = [encode_record(n, []) for n in range(1, 4)]
+    reader.feed(records[0] + records[1] + records[2][:5])
+    assert [bytes(r) for r in reader.peek_records()] == [records[0][8:], records[1][8:]]
+    assert reader.peek_records() == []  # looked at already
+    first = reader.next_record()
+    assert first is not None and bytes(first) == records[0][8:]
+    reader.feed(records[2][5:])
+    assert [bytes(r) for r in reader.peek_records()] == [records[2][8:]]
+    second = reader.next_record()
+    assert second is not None and bytes(second) == records[1][8:]
+    assert reader.consumed == len(records[0]) + len(records[1])

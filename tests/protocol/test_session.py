@@ -890,3 +890,20 @@ def test_link_helper_is_faithful() -> None:
     assert all(int.from_bytes(r[:4], "big") == len(r) - 4 for r in records)
     assert frames_of(records)[0] == OpenStreamFrame(stream.stream_id)
     assert isinstance(link, Link) and body(records[0])
+
+
+def test_pings_in_records_not_taken_yet_are_answered_by_looking_ahead() -> None:
+    """A path that takes no more records (its waiting data is at its bound) still answers the
+    Pings of the records its transport holds (r3-7)."""
+    config = Config(session_receive_buffer=64 * KIB, path_receive_window=64 * KIB)
+    client, server, link = pair(config, extended=False)
+    stream, accepted = open_confirmed(client, server, link)
+    client.write(stream, b"u" * MIB)
+    for _ in range(10):
+        settle(link)
+    assert not server.wants_records(1)
+    server.data_to_send(1, MIB, 0.0)  # nothing owed before the look-ahead
+    server.peek_record(1, packet(9000, PingFrame()), 0.0)
+    assert PingFrame() in frames_of(server.data_to_send(1, MIB, 0.0), extended=False)
+    server.peek_record(1, b"garbage", 0.0)  # a bad record fails the path when handed in
+    assert server.path_ids() == [1]
