@@ -147,7 +147,9 @@ class Config:
 
     path_receive_window: int = 2 * _MIB
     """QUIC flow-control credit of a path's transport stream beyond what kwik has processed:
-    the most a peer can have in flight towards a path kwik is not reading."""
+    the most a peer can have in flight towards a path kwik is not reading. It must hold a whole
+    record (at least ``max_record_size + 8``); frames that wait on a KWIK v2 path (for a slow
+    reader or a slow relay) are held up to this much too, while the path still answers Pings."""
 
     udp_receive_buffer: int = 4 * _MIB
     """SO_RCVBUF asked for every UDP socket kwik opens (the kernel caps it at
@@ -297,6 +299,13 @@ class Config:
                 raise ValueError(f"Config.{name} must be at least 1")
         if self.max_stream_frame_data + 64 > self.max_record_size:
             raise ValueError("Config.max_stream_frame_data must fit in max_record_size")
+        if self.path_receive_window < self.max_record_size + 8:
+            # credit is what the record reader consumed plus the window: a record larger than
+            # the window could never complete, and the path would wait for ever (r3-17)
+            raise ValueError(
+                f"Config.path_receive_window ({self.path_receive_window}) must hold a whole "
+                f"record: at least max_record_size + 8 ({self.max_record_size + 8})"
+            )
         # --- hostile peers
         if self.max_ack_ranges < 1:
             raise ValueError("Config.max_ack_ranges must be at least 1")

@@ -48,6 +48,7 @@ class Listener:
         self._sessions: set[Session] = set()
         self._closed = False
         self._closed_event = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -104,6 +105,10 @@ class Listener:
 
     def _session_closed(self, session: Session) -> None:
         self._sessions.discard(session)
+        if session in self._backlog and not session._core.streams_pending_accept:
+            # it closed before the application accepted it, and nothing of it waits: it no
+            # longer takes a place in the backlog (r3-10)
+            self._backlog.remove(session)
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -126,32 +131,40 @@ class Listener:
         """Stop accepting, close every session gracefully (code 0), then the socket.
 
         Sessions still open after ``Config.listener_close_timeout`` are forced closed.
-        Pending :meth:`accept` calls raise :class:`ListenerClosedError`. Idempotent.
+        Pending :meth:`accept` calls raise :class:`ListenerClosedError`. Idempotent and
+        cancellation-safe: cancelling the caller does not stop the close (the socket is still
+        released), and a later call waits for the same one.
         """
-        if self._closed:
-            await self._closed_event.wait()
-            return
-        self._closed = True
-        self._accept_waiters.wake_all()
-        sessions = list(self._sessions)
-        if sessions:
-            graceful = [asyncio.ensure_future(s.close()) for s in sessions]
-            done, pending = await asyncio.wait(
-                graceful, timeout=self._config.listener_close_timeout
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*graceful, return_exceptions=True)
-            forced = [s for s in sessions if not s._paths_terminated()]
-            if forced:
-                logger.info("listener %s: forcing %d sessions closed", self._addr, len(forced))
-                for session in forced:
-                    session._force_close("listener shutdown")
-        self._sessions.clear()
-        self._backlog.clear()
-        if self._server is not None:
-            self._server.close()
-        self._closed_event.set()
+        if self._close_task is None:
+            self._closed = True
+            self._accept_waiters.wake_all()
+            self._close_task = self._loop.create_task(self._closer())
+        await asyncio.shield(self._close_task)
+
+    async def _closer(self) -> None:
+        try:
+            sessions = list(self._sessions)
+            if sessions:
+                graceful = [asyncio.ensure_future(s.close()) for s in sessions]
+                done, pending = await asyncio.wait(
+                    graceful, timeout=self._config.listener_close_timeout
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*graceful, return_exceptions=True)
+                forced = [s for s in sessions if not s._paths_terminated()]
+                if forced:
+                    logger.info(
+                        "listener %s: forcing %d sessions closed", self._addr, len(forced)
+                    )
+                    for session in forced:
+                        session._force_close("listener shutdown")
+        finally:
+            self._sessions.clear()
+            self._backlog.clear()
+            if self._server is not None:
+                self._server.close()
+            self._closed_event.set()
 
     async def wait_closed(self) -> None:
         await self._closed_event.wait()

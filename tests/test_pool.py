@@ -160,6 +160,7 @@ async def test_flood_into_slow_consumers_is_bounded_and_lossless() -> None:
         worker_pool=True,
         stream_receive_buffer=64 * 1024,
         path_receive_window=256 * 1024,
+        max_record_size=256 * 1024 - 8,
     )
     size = 1 * MIB
     peak_held = 0

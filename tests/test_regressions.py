@@ -438,7 +438,11 @@ def test_a_changed_aioquic_internal_is_named(monkeypatch) -> None:
 async def test_credit_hook_bounds_what_a_non_reading_receiver_holds(config) -> None:
     """The credit hook is what bounds memory: a server that never reads, a client writing as
     fast as it can; the server holds at most its stream window plus its path's credit."""
-    small = config.replace(stream_receive_buffer=128 * 1024, path_receive_window=256 * 1024)
+    small = config.replace(
+        stream_receive_buffer=128 * 1024,
+        path_receive_window=256 * 1024,
+        max_record_size=256 * 1024 - 8,
+    )
     async with asyncio.timeout(30):
         listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, small)
         accepted = asyncio.create_task(listener.accept())

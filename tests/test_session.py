@@ -252,6 +252,7 @@ async def test_write_waits_while_send_buffer_full(make_server, client_tls, confi
         stream_receive_buffer=64 * 1024,
         path_send_window=128 * 1024,
         path_receive_window=128 * 1024,
+        max_record_size=128 * 1024 - 8,
     )
     server = await make_server(handler, small)
     payload = os.urandom(3 * MIB)
@@ -287,6 +288,7 @@ async def test_receiver_that_does_not_read_bounds_memory(make_server, client_tls
     small = config.replace(
         stream_receive_buffer=128 * 1024,
         path_receive_window=256 * 1024,
+        max_record_size=256 * 1024 - 8,
         stream_send_buffer=256 * 1024,
         path_send_window=256 * 1024,
     )
@@ -597,7 +599,11 @@ async def test_cancel_read_unblocks_a_v2_path(make_server, client_tls, config) -
             await stream.write(b"small answer")
         await stream.close()
 
-    small = config.replace(session_receive_buffer=128 * 1024, path_receive_window=128 * 1024)
+    small = config.replace(
+        session_receive_buffer=128 * 1024,
+        path_receive_window=128 * 1024,
+        max_record_size=128 * 1024 - 8,
+    )
     server = await make_server(handler, small)
     v2 = kwik.TLSConfig(cadata=CERT, alpn_protocols=("kwik",))
     async with asyncio.timeout(30):
