@@ -621,6 +621,10 @@ class Path:
             except self._closed_errors:
                 pass
             self.transmit()
+        try:
+            self._conn.discard(self._now())
+        except self._closed_errors:
+            pass
         self._terminate(CLOSE_FAILURE, "aborted")
 
     async def wait_closed(self) -> None:

@@ -133,6 +133,7 @@ class UdpEndpoint:
         self._queued = 0
         self._writing = False
         self._closed = False
+        self._paused = False
         self.datagrams_sent = 0
         self.datagrams_received = 0
         self.sends_dropped = 0
@@ -150,6 +151,17 @@ class UdpEndpoint:
         self._handler = handler
 
     # --- receiving ------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (datagrams wait in, then overflow, the kernel's buffer)."""
+        if not self._closed and not self._paused:
+            self._paused = True
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._closed and self._paused:
+            self._paused = False
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -290,7 +302,8 @@ class UdpEndpoint:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        if not self._paused:
+            self._loop.remove_reader(self._fd)
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False

@@ -12,6 +12,14 @@ import kwik
 
 CERT, KEY = kwik.generate_self_signed_cert(["localhost", "127.0.0.1"])
 
+#: the QUIC engine this run tests (``KWIK_ENGINE``; .ci/run runs the suite once per engine)
+ENGINE = kwik.Config().engine
+
+#: a test that must reach into aioquic's internals (there is no public way to do what it does)
+aioquic_only = pytest.mark.skipif(
+    ENGINE != "aioquic", reason=f"reaches into aioquic's internals; this run's engine is {ENGINE}"
+)
+
 
 @pytest.fixture
 def server_tls() -> kwik.TLSConfig:

@@ -47,6 +47,10 @@ TRANSPORT_STREAM_ID = 0
 FOREIGN_STREAM_CREDIT = 1024
 FOREIGN_STREAM_LIMIT = 4
 
+#: Seconds past every timer an engine may have: where :meth:`EngineConnection.discard` puts the
+#: clock of a connection it ends.
+_FAR_FUTURE = 24 * 3600.0
+
 #: The smallest UDP payload a QUIC Initial from a client must have (RFC 9000 section 14.1).
 SMALLEST_INITIAL = 1200
 
@@ -139,6 +143,12 @@ class EngineConnection(ABC):
     def credit_changed(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """The record reader consumed bytes: credit may be granted again (engines that grant it
         when events are taken, not when frames are written, re-open their gate here)."""
+
+    def discard(self, now: float) -> None:
+        """End the connection now, skipping what is left of its closing or draining period,
+        so that the engine releases what it holds (timers, its qlog trace). Called after
+        :meth:`close` when kwik aborts a path."""
+        self.handle_timer(now + _FAR_FUTURE)
 
     # --- sending ------------------------------------------------------------------------------
 
