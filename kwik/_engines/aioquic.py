@@ -279,9 +279,10 @@ class AioquicConnection(EngineConnection):
     def bytes_in_flight(self) -> int:
         return int(self._quic._loss.bytes_in_flight)
 
-    def probe_timeout(self) -> float:
+    def probe_timeout(self, *, backoff: bool = True) -> float:
         loss = self._quic._loss
-        return float(loss.get_probe_timeout()) * float(2 ** int(loss._pto_count))
+        base = float(loss.get_probe_timeout())
+        return base * float(2 ** int(loss._pto_count)) if backoff else base
 
     def smoothed_rtt(self) -> float | None:
         loss = self._quic._loss

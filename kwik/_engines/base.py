@@ -184,8 +184,9 @@ class EngineConnection(ABC):
     def bytes_in_flight(self) -> int: ...
 
     @abstractmethod
-    def probe_timeout(self) -> float:
-        """The current probe timeout in seconds, backoff included (base PTO x 2**pto_count)."""
+    def probe_timeout(self, *, backoff: bool = True) -> float:
+        """The current probe timeout in seconds, backoff included (base PTO x 2**pto_count),
+        or without it (``backoff=False``)."""
 
     @abstractmethod
     def smoothed_rtt(self) -> float | None: ...

@@ -8,7 +8,7 @@ each checked when this module is imported (:func:`hook_report`):
 * **receive back-pressure** (``QuicConnection._drain_core``, ``._core``): qh3 grants stream
   credit when the native core's stream events are *taken*, and the facade takes them all right
   after each packet, whether or not anyone reads. kwik gates that drain: while its record reader
-  holds a full ``path_receive_window`` the native events stay in the core, so the core grants
+  holds half a ``path_receive_window`` the native events stay in the core, so the core grants
   no credit and the peer stops. A peer that never reads holds at most
   ``stream_receive_buffer + 2 x path_receive_window`` of a kwik receiver's memory. The gate
   only closes on a connected connection, so a close is never held back.
@@ -176,33 +176,68 @@ logging.getLogger("quic").addFilter(_DemoteDuringDrain())
 # --- the connection ---------------------------------------------------------------------------
 
 
+class _GatedCore:
+    """The native core as the facade's drain sees it: ``next_event`` says "no more" once the
+    transport stream's bytes taken out (and not yet consumed by kwik's reader) fill the
+    window, so the drain stops between two events and the rest, with its credit, waits."""
+
+    __slots__ = ("_core", "_connection")
+
+    def __init__(self, core: Any, connection: Qh3Connection) -> None:
+        self._core = core
+        self._connection = connection
+
+    def next_event(self) -> tuple[Any, ...] | None:
+        connection = self._connection
+        if connection._gated():
+            return None
+        native: tuple[Any, ...] | None = self._core.next_event()
+        if native is not None and native[0] == "stream_data" and native[1] == TRANSPORT_STREAM_ID:
+            connection._taken += len(native[2])
+        return native
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
 class Qh3Connection(EngineConnection):
     """A qh3 ``QuicConnection`` behind the engine seam, with kwik's receive gate."""
-
-    __slots__ = ("_quic", "_credit", "_drain", "host_cid", "_gro_ok")
 
     def __init__(self, quic: QuicConnection, credit: Credit) -> None:
         self._quic = quic
         self._credit = credit
+        #: transport-stream bytes taken out of the native core (handed to kwik, or queued in
+        #: the facade's event deque on their way to it)
+        self._taken = 0
         self._drain: Callable[[], None] = quic._drain_core
         quic._drain_core = self._gated_drain  # type: ignore[method-assign]
         self.host_cid = quic.host_cid
 
     def _gated(self) -> bool:
+        # The core holds at most a window the peer may still fill; what was taken out and
+        # not yet consumed is capped at half a window, because the drain stops *between*
+        # native events (up to ~64 KiB each) and the session may park one record: the total
+        # stays within stream_receive_buffer + 2 x path_receive_window
         credit = self._credit
-        if credit.fed() - credit.consumed() < credit.window:
+        if self._taken - credit.consumed() < credit.window // 2:
             return False
         core = self._quic._core
+        # only a connected connection is gated: a close is never held back
         return core is not None and core.state == "connected"
 
     def _gated_drain(self) -> None:
-        if self._gated():
+        quic = self._quic
+        core = quic._core
+        if core is None or self._gated():
             return  # the native events (and with them the credit) wait for the reader
         global _in_kwik_drain
         _in_kwik_drain += 1
+        quic._core = _GatedCore(core, self)  # type: ignore[assignment]
         try:
             self._drain()
         finally:
+            if isinstance(quic._core, _GatedCore):
+                quic._core = core
             _in_kwik_drain -= 1
 
     def credit_changed(self) -> None:
@@ -285,7 +320,7 @@ class Qh3Connection(EngineConnection):
         core = self._quic._core
         return 0 if core is None else int(core.bytes_in_flight)
 
-    def probe_timeout(self) -> float:
+    def probe_timeout(self, *, backoff: bool = True) -> float:
         core = self._quic._core
         if core is None:
             return 2 * float(self._quic.configuration.initial_rtt)
@@ -295,7 +330,7 @@ class Qh3Connection(EngineConnection):
             if srtt is None
             else 3 * float(srtt) + _MAX_ACK_DELAY
         )
-        return base * float(2 ** int(core.pto_count))
+        return base * float(2 ** int(core.pto_count)) if backoff else base
 
     def smoothed_rtt(self) -> float | None:
         core = self._quic._core
