@@ -134,6 +134,7 @@ class Path:
         send: Sender | None = None,
         on_first_record: Callable[[Path], None] | None = None,
         cid_listener: CidListener | None = None,
+        local_endpoint: UdpEndpoint | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.engine = engine
@@ -165,6 +166,8 @@ class Path:
         self.datagrams_received = 0
         # I/O
         self._endpoint: UdpEndpoint | None = None  # a client path's own socket
+        self._local_endpoint = local_endpoint  # a server path's: its listener's
+        self._closed_endpoint: UdpEndpoint | None = None  # its address outlives it
         self._send: Sender | None = send
         self._cid_listener = cid_listener
         self._clock = 0.0
@@ -209,8 +212,8 @@ class Path:
 
     @property
     def local_address(self) -> str:
-        endpoint = self._endpoint
-        if endpoint is None or endpoint.is_closed:
+        endpoint = self._endpoint or self._local_endpoint or self._closed_endpoint
+        if endpoint is None:
             return ""
         sockname = endpoint.sockname
         if not sockname:
@@ -670,6 +673,7 @@ class Path:
         endpoint, self._endpoint = self._endpoint, None
         if endpoint is not None:
             endpoint.close()  # a client path owns its UDP socket
+            self._closed_endpoint = endpoint
         self._send = None
         if self._cid_listener is not None:
             self._cid_listener.path_gone(self)

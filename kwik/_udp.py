@@ -127,6 +127,7 @@ class UdpEndpoint:
         self._fd = sock.fileno()
         self._handler = handler
         self._connected = connected
+        self._sockname = tuple(sock.getsockname())
         self.gro = batching and enable_gro(sock)
         self.gso = batching and gso_supported(sock)
         self._queue: deque[tuple[list[bytes], Any, int]] = deque()
@@ -141,7 +142,8 @@ class UdpEndpoint:
 
     @property
     def sockname(self) -> tuple[Any, ...]:
-        return tuple(self._sock.getsockname())
+        """The bound address (still known once the socket is closed)."""
+        return self._sockname
 
     @property
     def is_closed(self) -> bool:

@@ -87,6 +87,7 @@ class Listener:
             send=server.send,
             on_first_record=self._on_first_record,
             cid_listener=server,
+            local_endpoint=server.endpoint,
         )
         path.set_remote_address(addr)
         return path
