@@ -287,7 +287,14 @@ class Path:
             handle.cancel()
         conn = self._conn
         send = self._send
-        datagrams = conn.datagrams_to_send(self._now())
+        try:
+            datagrams = conn.datagrams_to_send(self._now())
+        except self._closed_errors as exc:
+            # qh3 can fail to build a packet of a closing connection ("packet builder
+            # capacity exhausted", every time it tries): nothing more to send, but the timer
+            # must still run so that the connection ends
+            self._engine_error(exc)
+            datagrams = []
         if datagrams and send is not None:
             batch: list[bytes] = []
             batch_addr: Any = None
@@ -329,9 +336,19 @@ class Path:
         if timer_at is not None and timer_at > now:
             # the loop's clock is coarser than ours (uvloop: 1 ms): the deadline is due
             now = self._clock = timer_at
-        self._conn.handle_timer(now)
+        try:
+            self._conn.handle_timer(now)
+        except self._closed_errors as exc:
+            self._engine_error(exc)
         self._conn.process_events(self)
         self.transmit()
+
+    def _engine_error(self, exc: BaseException) -> None:
+        """The engine raised where it should not (qh3 2.1 sometimes fails to build a packet):
+        the call is treated as having done nothing. The connection's timer keeps running, so
+        that a closing connection still ends and an open one recovers, or is failed by
+        liveness if it never does."""
+        logger.debug("path %d to %s: QUIC engine error: %s", self.path_id, self.remote_address, exc)
 
     def transmit_now(self) -> None:
         """Send what is pending at once instead of on the next loop iteration (small writes,
@@ -347,6 +364,22 @@ class Path:
             return
         conn = self._conn
         now = self._now()
+        try:
+            count = self._receive(conn, items, now)
+        except self._closed_errors as exc:
+            self._engine_error(exc)
+            count = len(items)
+        self.datagrams_received += count
+        conn.process_events(self)
+        owner = self.owner
+        if owner is not None and not self.terminated:
+            owner._path_datagram(self)
+        self.transmit()
+
+    @staticmethod
+    def _receive(conn: EngineConnection, items: list[tuple[bytes, Any, int]], now: float) -> int:
+        """Hand ``items`` to the engine: runs of plain datagrams from one address at once, GRO
+        buffers whole; return how many datagrams they were."""
         run: list[bytes] = []
         run_addr: Any = None
         count = 0
@@ -366,12 +399,7 @@ class Path:
             count += 1
         if run:
             conn.receive(run, run_addr, now)
-        self.datagrams_received += count
-        conn.process_events(self)
-        owner = self.owner
-        if owner is not None and not self.terminated:
-            owner._path_datagram(self)
-        self.transmit()
+        return count
 
     def udp_error(self, exc: OSError) -> None:
         """A socket error. ICMP port unreachable during the handshake ends the dial at once;

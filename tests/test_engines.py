@@ -349,3 +349,51 @@ async def test_listener_answers_an_unknown_version_with_version_negotiation() ->
         for i in range(len(reply) - 4 * len(engine.supported_versions), len(reply), 4)
     }
     assert versions == set(engine.supported_versions)
+
+
+# --- facts the session needs from every engine ----------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_path_reports_pto_rtt_and_send_state(engine: str) -> None:
+    """Path.pto includes QUIC's backoff and is never below the base PTO; rttvar is the
+    engine's where it has one; send_blocked is False on an idle path."""
+    config = kwik.Config(engine=engine)
+    async with asyncio.timeout(20):
+        listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, config)
+        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, config)
+        stream = await session.open_stream_sync()
+        await stream.write(b"x")
+        path = session._primary
+        assert path is not None
+        assert path.rtt is not None and path.rtt > 0
+        assert path.pto >= path.base_pto > 0
+        assert (path.rttvar is None) == (engine == "qh3")
+        assert path.send_blocked is False
+        await session.close()
+        await listener.close()
+
+
+async def test_aioquic_probe_leaves_with_a_full_congestion_window() -> None:
+    """On aioquic a liveness probe is sent even when the congestion window is full (a user
+    PING alone would wait for room: reliability-turn3.md, root cause 2)."""
+    config = kwik.Config(engine="aioquic")
+    async with asyncio.timeout(20):
+        listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, config)
+        session = await kwik.dial_addr(listener.addr, CLIENT_TLS, config)
+        path = session._primary
+        assert path is not None and path._endpoint is not None
+        await asyncio.sleep(0.05)  # the handshake's last acknowledgements settle
+        path.transmit()
+        loss = path.quic._loss
+        loss._cc.congestion_window = loss.bytes_in_flight  # no room at all
+        sent = path._endpoint.datagrams_sent
+        path.quic.send_ping(999)  # what a plain PING does: it waits
+        path.transmit()
+        assert path._endpoint.datagrams_sent == sent
+        path.send_probe()
+        path.transmit()
+        assert path._endpoint.datagrams_sent > sent
+        loss._cc.congestion_window = 12000
+        await session.close()
+        await listener.close()

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ENGINE", "Qh3Connection", "Qh3HookError", "check_hooks", "hook_report"]
 
+logger = logging.getLogger("kwik.engine.qh3")
+
 #: qh3 releases kwik was written against: 2.x (the Rust transport core)
 _SUPPORTED_MAJOR = 2
 
@@ -69,8 +71,18 @@ class Qh3HookError(EngineError):
     """The installed qh3 lacks (or changed) an internal kwik relies on."""
 
 
-_FACADE_ATTRS = ("_drain_core", "_core", "_close_event", "_remote_addr", "_events")
+_FACADE_ATTRS = (
+    "_drain_core",
+    "_core",
+    "_close_event",
+    "_remote_addr",
+    "_events",
+    "_quic_logger",
+    "_log_datagram",
+    "_log_packets",
+)
 _CORE_ATTRS = (
+    "poll_transmit",
     "state",
     "has_events",
     "bytes_in_flight",
@@ -264,7 +276,31 @@ class Qh3Connection(EngineConnection):
         self._quic.receive_gro_buffer(buffer, segment_size, addr, now=now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[Any, ...]]]:
-        return self._quic.datagrams_to_send(now=now)
+        # the facade's loop, except that a failure keeps what was built before it: qh3 2.1
+        # can raise "packet builder capacity exhausted" after some datagrams of a flight
+        # (a server's handshake flight at the anti-amplification limit), and the facade then
+        # drops the datagrams it had built; the rest is built on the next call
+        quic = self._quic
+        core = quic._core
+        if core is None:
+            return []
+        out: list[tuple[bytes, tuple[Any, ...]]] = []
+        logging_on = quic._quic_logger is not None
+        while True:
+            try:
+                transmit = core.poll_transmit(now)
+            except RuntimeError as exc:
+                if out:
+                    logger.debug("qh3 stopped a flight after %d datagrams: %s", len(out), exc)
+                    break
+                raise QuicConnectionError(1, None, str(exc)) from exc
+            if transmit is None:
+                break
+            if logging_on:
+                quic._log_datagram("datagrams_sent", transmit[0])
+                quic._log_packets("packet_sent", transmit[0])
+            out.append((transmit[0], transmit[1]))
+        return out
 
     def get_timer(self) -> float | None:
         timer = self._quic.get_timer()
