@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ def format_engine_table(rows: list[dict[str, Any]], engines: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _short(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def plot_engines(rows: list[dict[str, Any]], engines: list[str], out_dir: Path) -> Path:
     """One chart: for every row, the medians of kwik and the raw engine on every engine
     (each row normalised to its largest bar, the figure written on the bar)."""
@@ -81,8 +86,10 @@ def plot_engines(rows: list[dict[str, Any]], engines: list[str], out_dir: Path) 
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if not r["what"].startswith("CPU")]
-    series = [(f"kwik on {e}", e, "kwik") for e in engines] + [
-        (f"raw {e}", e, "raw") for e in engines
+    series = [
+        (label, e, system)
+        for e in engines
+        for label, system in ((f"kwik on {e}", "kwik"), (f"raw {e}", "raw"))
     ]
     fig, ax = plt.subplots(figsize=(max(8, 1.8 * len(shown)), 5))
     width = 0.8 / len(series)
@@ -93,7 +100,7 @@ def plot_engines(rows: list[dict[str, Any]], engines: list[str], out_dir: Path) 
             top = max((v for v in values if v is not None), default=None)
             value = _median((row.get(engine) or {}).get(system))
             heights.append(value / top if value is not None and top else 0.0)
-            texts.append("" if value is None else f"{value:.3g}")
+            texts.append("" if value is None else _short(value))
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(shown))]
         bars = ax.bar(xs, heights, width, label=label)
         for bar, text in zip(bars, texts, strict=True):
@@ -108,7 +115,8 @@ def plot_engines(rows: list[dict[str, Any]], engines: list[str], out_dir: Path) 
             )
     ax.set_xticks(range(len(shown)))
     ax.set_xticklabels(
-        [f"{r['scenario']}\n{r['what'][:38]}" for r in shown], fontsize=7, rotation=0
+        [f"{r['scenario']}\n" + "\n".join(textwrap.wrap(r["what"], 24)) for r in shown],
+        fontsize=7,
     )
     ax.set_ylabel("relative to the best of the row (figure on each bar)")
     ax.set_ylim(0, 1.35)

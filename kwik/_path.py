@@ -176,6 +176,7 @@ class Path:
         self._transmit_handle: asyncio.Handle | None = None
         self._connected = False
         self._connected_waiter: asyncio.Future[None] | None = None
+        self._refused: PortUnreachableError | None = None
         self._closed = asyncio.Event()
         self._closed_errors = engine.closed_errors
         self._conn = make_connection(
@@ -264,6 +265,8 @@ class Path:
         """
         if self._connected:
             return
+        if self._refused is not None:
+            raise self._refused
         if self.terminated:
             raise ConnectionError("connection closed")
         if self._connected_waiter is None:
@@ -290,9 +293,9 @@ class Path:
         try:
             datagrams = conn.datagrams_to_send(self._now())
         except self._closed_errors as exc:
-            # qh3 can fail to build a packet of a closing connection ("packet builder
-            # capacity exhausted", every time it tries): nothing more to send, but the timer
-            # must still run so that the connection ends
+            # qh3 2.1 can fail to build a packet ("packet builder capacity exhausted"):
+            # nothing to send now, but the timer must still run, so that the connection
+            # retransmits, or ends if it is closing
             self._engine_error(exc)
             datagrams = []
         if datagrams and send is not None:
@@ -408,11 +411,10 @@ class Path:
         refused = isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED
         if refused and not self._connected and self.is_client and not self.terminated:
             target = self.dialed_as or self.remote_address
-            self._end_waiter(
-                PortUnreachableError(
-                    errno.ECONNREFUSED, f"port unreachable: nothing listens on {target} (ICMP)"
-                )
+            self._refused = PortUnreachableError(
+                errno.ECONNREFUSED, f"port unreachable: nothing listens on {target} (ICMP)"
             )
+            self._end_waiter(self._refused)
             return
         logger.debug(
             "path %d to %s: socket error %s (ignored)", self.path_id, self.remote_address, exc

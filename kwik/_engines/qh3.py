@@ -71,16 +71,16 @@ class Qh3HookError(EngineError):
     """The installed qh3 lacks (or changed) an internal kwik relies on."""
 
 
-_FACADE_ATTRS = (
-    "_drain_core",
-    "_core",
-    "_close_event",
-    "_remote_addr",
-    "_events",
-    "_quic_logger",
-    "_log_datagram",
-    "_log_packets",
-)
+_FACADE_ATTRS = {
+    "_drain_core": "the event drain kwik gates (receive back-pressure)",
+    "_core": "the native core: its events, counters and packets",
+    "_close_event": "the close reason",
+    "_remote_addr": "the peer's address",
+    "_events": "the facade's event queue",
+    "_quic_logger": "qlog of the datagrams kwik polls itself",
+    "_log_datagram": "qlog of the datagrams kwik polls itself",
+    "_log_packets": "qlog of the datagrams kwik polls itself",
+}
 _CORE_ATTRS = (
     "poll_transmit",
     "state",
@@ -133,8 +133,8 @@ def hook_report() -> list[HookCheck]:
     except Exception as exc:  # pragma: no cover - depends on qh3
         note("QuicConnection.connect()", False, f"cannot start a connection: {exc}")
         return report
-    for name in _FACADE_ATTRS:
-        note(f"QuicConnection.{name}", hasattr(quic, name), "receive gate, close reason, peer")
+    for name, detail in _FACADE_ATTRS.items():
+        note(f"QuicConnection.{name}", hasattr(quic, name), detail)
     core = getattr(quic, "_core", None)
     for name in _CORE_ATTRS:
         present = False
