@@ -129,7 +129,10 @@ class UdpEndpoint:
         self._connected = connected
         self._sockname = tuple(sock.getsockname())
         self.gro = batching and enable_gro(sock)
+        self._gro_wanted = self.gro
         self.gso = batching and gso_supported(sock)
+        #: bytes asked for per receive without GRO (a datagram is never larger)
+        self.recv_size = MAX_UDP_PAYLOAD
         self._queue: deque[tuple[list[bytes], Any, int]] = deque()
         self._queued = 0
         self._writing = False
@@ -153,6 +156,23 @@ class UdpEndpoint:
         self._handler = handler
 
     # --- receiving ------------------------------------------------------------------------------
+
+    def set_receive_size(self, size: int | None) -> None:
+        """Receive into ``size`` bytes per datagram, with GRO off (a meter of allocations
+        wants no 64 KiB buffer per datagram); None restores the defaults. ``size`` must be at
+        least the largest datagram the peer sends."""
+        if size is None:
+            self.recv_size = MAX_UDP_PAYLOAD
+            if self._gro_wanted and not self._closed:
+                self.gro = enable_gro(self._sock)
+            return
+        self.recv_size = size
+        if self.gro and not self._closed:
+            try:
+                self._sock.setsockopt(_SOL_UDP, _UDP_GRO, 0)
+            except OSError:  # pragma: no cover - it was on a moment ago
+                return
+            self.gro = False
 
     def pause_reading(self) -> None:
         """Stop reading the socket (datagrams wait in, then overflow, the kernel's buffer)."""
@@ -181,7 +201,7 @@ class UdpEndpoint:
                     count += len(data) // segment + (len(data) % segment > 0) if segment else 1
                     items.append((data, addr, segment))
                 else:
-                    data, addr = sock.recvfrom(MAX_UDP_PAYLOAD)
+                    data, addr = sock.recvfrom(self.recv_size)
                     count += 1
                     items.append((data, addr, 0))
             except (BlockingIOError, InterruptedError):

@@ -397,3 +397,26 @@ async def test_aioquic_probe_leaves_with_a_full_congestion_window() -> None:
         loss._cc.congestion_window = 12000
         await session.close()
         await listener.close()
+
+
+async def test_udp_endpoint_small_receive_size_turns_gro_off() -> None:
+    """The allocation meter's mode: small receives and no GRO, and a GSO burst still arrives
+    whole (the kernel splits it for a socket without GRO)."""
+    loop = asyncio.get_running_loop()
+    sender, receiver, collector = _pair(loop, batching=True)
+    burst = [bytes([i]) * 1200 for i in range(20)]
+    try:
+        receiver.set_receive_size(2048)
+        assert receiver.gro is False and receiver.recv_size == 2048
+        sender.send(burst, None)
+        async with asyncio.timeout(5):
+            while len(collector.datagrams()) < len(burst):
+                collector.arrived.clear()
+                await collector.arrived.wait()
+        assert collector.datagrams() == burst
+        assert all(segment == 0 for _, _, segment in collector.items)
+        receiver.set_receive_size(None)
+        assert receiver.gro == sys.platform.startswith("linux")
+    finally:
+        sender.close()
+        receiver.close()
