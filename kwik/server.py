@@ -171,9 +171,7 @@ class Listener:
                 await asyncio.gather(*graceful, return_exceptions=True)
                 forced = [s for s in sessions if not s._paths_terminated()]
                 if forced:
-                    logger.info(
-                        "listener %s: forcing %d sessions closed", self._addr, len(forced)
-                    )
+                    logger.info("listener %s: forcing %d sessions closed", self._addr, len(forced))
                     for session in forced:
                         session._force_close("listener shutdown")
         finally:

@@ -551,3 +551,59 @@ async def test_relay_data_for_an_unconfirmed_stream_is_bounded(config, alpn) -> 
             await listener.close()
     finally:
         silent.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("alpn", [("kwik-credit-1", "kwik"), ("kwik",)], ids=["credit", "v2"])
+async def test_a_path_kwik_fails_itself_delivers_what_had_arrived(config, alpn) -> None:
+    """r3-2: the peer goes silent (no CONNECTION_CLOSE: power loss, a dead network) after
+    writing 2.5 MB and a FIN; the client's application was slow. kwik fails the path on its
+    liveness bound, and the reader still gets every byte that had reached the client (records
+    in the path's reader, backlog and pool queue), then the error."""
+    payload = bytes(range(256)) * 10_000
+    cfg = config.replace(heartbeat_interval=0.5, heartbeat_miss_threshold=3)
+    tls = dataclasses.replace(CLIENT_TLS, alpn_protocols=alpn)
+    async with asyncio.timeout(60):
+        listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg)
+
+        async def serve() -> None:
+            session = await listener.accept()
+            stream = await session.accept_stream()
+            await stream.readexactly(1)
+            await stream.write(payload)
+            await stream.close()
+
+        server = asyncio.create_task(serve())
+        client = await kwik.dial_addr(listener.addr, tls, cfg)
+        stream = await client.open_stream_sync()
+        await stream.write(b"?")
+        path = client._primary
+        assert path is not None
+        # everything the server may send has reached the client's transport: all of it
+        # (KWIK v2), or the stream's credit (the extension); the application has read nothing
+        expected = len(payload) if alpn == ("kwik",) else cfg.stream_receive_buffer
+        await wait_until(lambda: path.bytes_received >= expected)
+        await server
+        held = path.records_buffered
+        assert path._endpoint is not None
+        path._endpoint.pause_reading()  # the peer is gone: not one more datagram
+        await wait_until(lambda: client.is_closed)
+        assert "no echo" in client.close_error.reason or "silent" in client.close_error.reason
+        got = bytearray()
+        with pytest.raises(kwik.SessionClosedError) if expected < len(payload) else _no_error():
+            while data := await stream.read():
+                got += data
+        assert bytes(got) == payload[: len(got)]
+        assert len(got) >= expected  # every byte that had arrived, none lost
+        assert held or len(got) == expected
+        await client.close()
+        await listener.close()
+
+
+class _no_error:
+    """A context manager that expects nothing to be raised (the read ends at EOF)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
