@@ -24,6 +24,9 @@ from .frames import RelayDataFrame, StreamFrame
 
 __all__ = ["Forwarded", "Forwarder", "Outgoing", "RelayOutbox"]
 
+#: Encoded AddPathResp record without its address: prefixes 8, header 17, frame 17.
+_ADD_PATH_RESP_RECORD = 8 + 17 + 17
+
 
 # --- server side ---------------------------------------------------------------------------------
 
@@ -67,6 +70,23 @@ class RelayOutbox:
     def __init__(self, max_frame: int) -> None:
         self._max_frame = max_frame
         self._relays: dict[int, Outgoing] = {}
+        self.asked: dict[str, int] = {}  # address -> AddPath frames awaiting an answer
+
+    def ask(self, address: str) -> None:
+        """An AddPath for ``address`` went out."""
+        self.asked[address] = self.asked.get(address, 0) + 1
+
+    def unask(self, address: str) -> bool:
+        """An AddPath for ``address`` was answered, or given up; False when none was out
+        (an answer nobody asked for is ignored)."""
+        asked = self.asked.get(address, 0)
+        if asked <= 0:
+            return False
+        if asked == 1:
+            del self.asked[address]
+        else:
+            self.asked[address] = asked - 1
+        return True
 
     def __contains__(self, relay_path_id: int) -> bool:
         return relay_path_id in self._relays
@@ -197,6 +217,23 @@ class Forwarder:
         self.received: dict[int, int] = {}  # relay path id -> RelayData bytes taken in all
         self.granted: dict[int, int] = {}  # relay path id -> RelayCredit advertised
         self.dropped = 0
+        self.dialing: dict[str, list[int]] = {}  # address -> paths whose AddPath awaits it
+
+    def join_dial(self, address: str, requester: int, budget: int) -> bool | None:
+        """An AddPath for an address being dialed already: it never dials twice, but each is
+        answered when the dial ends, all at once. None: no such dial; False: beyond ``budget``
+        bytes of such answers (the frame waits); True: it will be answered."""
+        requesters = self.dialing.get(address)
+        if requesters is None:
+            return None
+        if (len(requesters) + 1) * (_ADD_PATH_RESP_RECORD + len(address.encode())) > budget:
+            return False
+        requesters.append(requester)
+        return True
+
+    def dial_done(self, address: str) -> list[int]:
+        """The dial ended: the paths whose AddPath it answers."""
+        return self.dialing.pop(address, [])
 
     def add_path(self, path_id: int) -> None:
         self.backlog.setdefault(path_id, 0)
@@ -322,6 +359,9 @@ class Forwarder:
     def path_ended(self, path_id: int) -> None:
         for key in [k for k in self.entries if k[0] == path_id]:
             del self.entries[key]
+        for address, requesters in self.dialing.items():
+            if path_id in requesters:
+                self.dialing[address] = [r for r in requesters if r != path_id]
         self.backlog.pop(path_id, None)
         self.received.pop(path_id, None)
         self.granted.pop(path_id, None)

@@ -477,6 +477,7 @@ class LogicalStream:
     __slots__ = (
         "accepted",
         "error",
+        "heard_from",
         "home_path",
         "local",
         "open_attempts",
@@ -505,6 +506,8 @@ class LogicalStream:
         #: paths whose peer writes into this stream under credit (the home path, and relay
         #: paths the stream is forwarded to): each is told the credit
         self.writer_paths: set[int] = set()
+        #: paths this stream's data arrived on (a relay path among them: a secondary writes it)
+        self.heard_from: set[int] = set()
         self.open_state = OpenState.OPENING if local else OpenState.OPEN
         self.open_attempts = 0
         self.error = ""
