@@ -37,6 +37,7 @@ from .base import (
     EngineError,
     EventSink,
     HookCheck,
+    dispatch_events,
 )
 
 if TYPE_CHECKING:
@@ -233,23 +234,7 @@ class AioquicConnection(EngineConnection):
         self._quic.handle_timer(now=now)
 
     def process_events(self, sink: EventSink) -> None:
-        quic = self._quic
-        event = quic.next_event()
-        while event is not None:
-            kind = type(event)
-            if kind is events.StreamDataReceived:
-                sink.on_stream_data(event.stream_id, event.data, event.end_stream)  # type: ignore[attr-defined]
-            elif kind is events.ConnectionIdIssued:
-                sink.on_connection_id_issued(event.connection_id)  # type: ignore[attr-defined]
-            elif kind is events.ConnectionIdRetired:
-                sink.on_connection_id_retired(event.connection_id)  # type: ignore[attr-defined]
-            elif kind is events.StreamReset or kind is events.StopSendingReceived:
-                sink.on_stream_reset(event.stream_id)  # type: ignore[attr-defined]
-            elif kind is events.HandshakeCompleted:
-                sink.on_handshake_completed(event.alpn_protocol or "")  # type: ignore[attr-defined]
-            elif kind is events.ConnectionTerminated:
-                sink.on_terminated(event.error_code, event.reason_phrase)  # type: ignore[attr-defined]
-            event = quic.next_event()
+        dispatch_events(self._quic.next_event, events, sink)
 
     def send_stream_data(self, stream_id: int, data: bytes) -> None:
         self._quic.send_stream_data(stream_id, data)

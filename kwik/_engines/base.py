@@ -36,6 +36,7 @@ __all__ = [
     "EngineError",
     "EventSink",
     "HookCheck",
+    "dispatch_events",
 ]
 
 #: The QUIC stream carrying KWIK records: the first client-initiated bidirectional stream.
@@ -254,3 +255,24 @@ class Engine(ABC):
     @abstractmethod
     def hook_report(self) -> list[HookCheck]:
         """Every internal of the engine kwik relies on, checked."""
+
+
+def dispatch_events(next_event: Callable[[], Any], events: Any, sink: EventSink) -> None:
+    """Hand every pending event of a connection to ``sink``: the engines' event classes share
+    aioquic's names (``events`` is the engine's ``quic.events`` module)."""
+    event = next_event()
+    while event is not None:
+        kind = type(event)
+        if kind is events.StreamDataReceived:
+            sink.on_stream_data(event.stream_id, event.data, event.end_stream)
+        elif kind is events.ConnectionIdIssued:
+            sink.on_connection_id_issued(event.connection_id)
+        elif kind is events.ConnectionIdRetired:
+            sink.on_connection_id_retired(event.connection_id)
+        elif kind is events.StreamReset or kind is events.StopSendingReceived:
+            sink.on_stream_reset(event.stream_id)
+        elif kind is events.HandshakeCompleted:
+            sink.on_handshake_completed(event.alpn_protocol or "")
+        elif kind is events.ConnectionTerminated:
+            sink.on_terminated(event.error_code, event.reason_phrase)
+        event = next_event()
