@@ -845,9 +845,15 @@ class SessionCore:
             return Verdict.TAKEN  # nobody to answer; a stream never confirmed carries nothing
         if not force and path.control_full:
             return Verdict.WAIT
-        held = stream_id in self._streams or (stream_id in self._opening and not self.is_client)
-        # never merge a new stream into one still held here: the opener moves to another id
-        # (and on a collision the server's own stream keeps the id)
+        opening = self._opening.get(stream_id)
+        # never merge a new stream into one still held here: the opener moves to another id.
+        # On a collision with the peer the client is opening it to, the server's own stream
+        # keeps the id; an id the client is opening to another server (a secondary's open vs
+        # the client's on the primary) stays the client's, or that server would confirm and
+        # keep forever a stream the client moved away from.
+        held = stream_id in self._streams or (
+            opening is not None and (not self.is_client or opening.home_path != path.path_id)
+        )
         refuse = (
             held
             or self.error is not None
