@@ -1,13 +1,15 @@
-"""Stream ids between servers (found by ``tests/multiserver``): a secondary opening an id the
-client is opening on the primary path must not leave the primary holding a stream for ever."""
+"""Multi-server rules found by ``tests/multiserver`` (end to end), pinned here sans-IO: a
+secondary opening an id the client is opening on the primary path, and a relay recruited again
+after the primary removed it while the client kept its path."""
 
 from __future__ import annotations
 
 import pytest
 
+from kwik.protocol.events import AddPathAnswered
 from kwik.protocol.stream import OpenState
 
-from .helpers import Trio, read_all, settle
+from .helpers import MIB, Trio, drain, read_all, settle
 
 
 @pytest.fixture(params=[True, False], ids=["credit", "v2"])
@@ -53,3 +55,36 @@ def test_the_primarys_own_collision_still_keeps_the_servers_id() -> None:
     trio.settle()
     assert server_side.stream_id == 1 and mine.stream_id == 2
     assert mine.open_state is OpenState.OPEN and server_side.open_state is OpenState.OPEN
+
+
+def test_a_relay_recruited_again_after_its_removal_keeps_its_credit(extended: bool) -> None:
+    """The primary removes a relay (remove_path on the server) and recruits the same address
+    again; the client, which kept the path, answers with the same path id. The relay goes on
+    with the RelayCredit accounting it had (the client's counts every byte relayed for the
+    path id): before, it restarted at credit 0 and its bytes never left."""
+    trio = Trio(extended=extended, relay_extended=extended)
+    address = "198.18.0.2:4433"
+    for round_ in range(3):
+        stream = trio.c.open_stream()
+        trio.settle()
+        assert trio.p.accept_stream() is not None
+        payload = bytes([round_]) * (3 * MIB // 2)  # beyond relay_buffer (1 MiB)
+        trio.p.relay_send(trio.relay_id, stream.stream_id, payload)
+        got = bytearray()
+        secondary = None
+        for _ in range(100):
+            trio.settle()
+            secondary = secondary or trio.s.accept_stream()
+            if secondary is not None:
+                while data := trio.s.read(secondary, 1 << 20):
+                    got += data
+            if len(got) == len(payload):
+                break
+        assert bytes(got) == payload, (round_, len(got))
+        assert trio.c.error is None and trio.c.path_ids() == [1, trio.relay_id]
+        # removed by the primary, then recruited again: the client answers with the same id
+        assert trio.p.remove_relay(trio.relay_id)
+        trio.p.request_relay(address)
+        trio.settle()
+        answers = [e for e in drain(trio.p) if isinstance(e, AddPathAnswered)]
+        assert answers == [AddPathAnswered(address, trio.relay_id)]
