@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -37,6 +38,8 @@ import kwik
 PRIMARY_PART = b"P" * 10
 SECONDARY_PART = b"S" * 10
 RESPONSE = PRIMARY_PART + SECONDARY_PART
+#: Streams per segment of the run whose rate is reported (a rate that decays shows there).
+SEGMENT = 1000
 
 
 async def _read_all(stream: kwik.Stream) -> bytes:
@@ -132,6 +135,7 @@ async def run(streams: int, concurrency: int, timeout: float, pool: bool) -> dic
     numbers = iter(range(streams))
     stalled: list[str] = []
     last = [0.0]  # when the last request completed
+    marks: list[float] = []  # when each SEGMENT-th request completed
 
     async def one() -> None:
         started = time.perf_counter()
@@ -144,6 +148,8 @@ async def run(streams: int, concurrency: int, timeout: float, pool: bool) -> dic
         finished = time.perf_counter()
         latencies.append(finished - started)
         last[0] = finished
+        if len(latencies) % SEGMENT == 0:
+            marks.append(finished)
 
     async def worker() -> None:
         for i in numbers:
@@ -167,6 +173,8 @@ async def run(streams: int, concurrency: int, timeout: float, pool: bool) -> dic
         await session.close()
     await servers.stop()
     ordered = sorted(latencies) or [0.0]
+    edges = [started, *marks]
+    segments = [round(SEGMENT / (b - a), 1) for a, b in itertools.pairwise(edges)]
     return {
         "kwik": kwik.__file__,
         "streams": streams,
@@ -177,6 +185,7 @@ async def run(streams: int, concurrency: int, timeout: float, pool: bool) -> dic
         "streams_per_s": round(done / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_ms_p50": round(1000 * statistics.median(ordered), 2),
         "latency_ms_p99": round(1000 * ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)], 2),
+        "segment_streams_per_s": segments,
         "secondary_eofs": servers.secondary_eofs,
         "stalled": stalled[0] if stalled else None,
     }
@@ -204,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['streams_per_s']:.0f} streams/s, latency p50 {result['latency_ms_p50']} ms "
         f"p99 {result['latency_ms_p99']} ms; secondary read EOF on {result['secondary_eofs']}"
     )
+    if result["segment_streams_per_s"]:
+        rates = result["segment_streams_per_s"]
+        line += f"; per {SEGMENT}: first {rates[0]:.0f}/s, last {rates[-1]:.0f}/s"
     if result["stalled"]:
         line += f"; STALLED: {result['stalled']}"
     print(line)
