@@ -96,6 +96,20 @@ def _parser() -> argparse.ArgumentParser:
         help="with --plot: draw the charts from a results file written by --json, without "
         "running anything",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("aioquic", "qh3"),
+        default="aioquic",
+        help="QUIC engine of both systems: kwik's Config.engine and the raw baseline (qh3: "
+        "the raw peer on qh3 with kwik's UDP I/O, benchmarks/peer_raw.py; default aioquic)",
+    )
+    parser.add_argument(
+        "--engines",
+        metavar="LIST",
+        help="comma-separated engines, e.g. aioquic,qh3: run the scenarios on each and print "
+        "one table (and with --plot one chart, engines.png) of kwik and the raw engine on "
+        "every engine",
+    )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -144,9 +158,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     selected = args.scenarios or list(SCENARIOS)
     signal.signal(signal.SIGTERM, _terminate)
+    if args.engines:
+        from .engines import compare_engines
+
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+        if not engines or any(e not in ("aioquic", "qh3") for e in engines):
+            print("--engines takes a comma-separated list of aioquic, qh3", file=sys.stderr)
+            return 2
+        return compare_engines(args, engines, selected, _run_suite)
     settings = QuicSettings(
-        max_datagram_size=args.max_datagram_size, congestion_control=args.congestion_control
+        max_datagram_size=args.max_datagram_size,
+        congestion_control=args.congestion_control,
+        engine=args.engine,
     )
+    return _report(args, settings, selected, _run_suite(args, settings, selected))
+
+
+def _run_suite(
+    args: argparse.Namespace, settings: QuicSettings, selected: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], float]:
+    """Run the selected scenarios; return their results, the machine and the duration."""
     quiet = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 120.0)
     started = time.monotonic()
     machine = machine_info(PACKAGE_ROOT)  # before the run: the revision measured
@@ -174,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
             results[name]["seconds"] = round(time.monotonic() - scenario_start, 1)
             suite.log(f"{name}: {results[name]['status']} in {results[name]['seconds']} s")
+    return results, machine, time.monotonic() - started
+
+
+def _report(
+    args: argparse.Namespace,
+    settings: QuicSettings,
+    selected: list[str],
+    run: tuple[dict[str, dict[str, Any]], dict[str, Any], float],
+) -> int:
+    results, machine, duration = run
     report = {
         "machine": machine,
         "settings": {
@@ -183,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             "quic": settings.to_dict(),
             "selected": selected,
         },
-        "duration_seconds": round(time.monotonic() - started, 1),
+        "duration_seconds": round(duration, 1),
         "scenarios": results,
     }
-    print(format_table(results))
+    raw = "aioquic" if settings.engine == "aioquic" else f"raw {settings.engine}"
+    if settings.engine != "aioquic":
+        print(f"Engine: {settings.engine} (kwik on {settings.engine}, and the raw baseline on it)")
+    print(format_table(results, raw_label=raw))
     targets = format_targets(results)
     if targets:
         print("\nTargets:\n" + targets)

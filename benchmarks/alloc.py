@@ -37,6 +37,7 @@ class AllocationMeter:
         self._recv_size = recv_size
         self._saved_recv_size: int | None = None
         self._instances: list[tuple[Any, int]] = []
+        self._endpoints: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.Handle | None = None
         self._started_tracing = False
@@ -60,6 +61,12 @@ class AllocationMeter:
         ]
         for obj, _ in self._instances:
             obj.max_size = self._recv_size
+        # kwik's own endpoints (kwik._udp): the same receive size, GRO off while metering
+        from kwik._udp import UdpEndpoint
+
+        self._endpoints = [obj for obj in gc.get_objects() if isinstance(obj, UdpEndpoint)]
+        for endpoint in self._endpoints:
+            endpoint.set_receive_size(self._recv_size)
         if not tracemalloc.is_tracing():
             tracemalloc.start()
             self._started_tracing = True
@@ -96,6 +103,9 @@ class AllocationMeter:
         for obj, size in self._instances:
             obj.max_size = size
         self._instances = []
+        for endpoint in self._endpoints:
+            endpoint.set_receive_size(None)
+        self._endpoints = []
         if self._saved_recv_size is not None:
             transport: Any = getattr(selector_events, "_SelectorDatagramTransport")  # noqa: B009
             if self._saved_recv_size:

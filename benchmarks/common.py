@@ -69,6 +69,10 @@ class QuicSettings:
     max_stream_data: int = 2 * MIB
     #: initial connection-level credit (what kwik derives from ``path_receive_window``)
     max_data: int = 4 * MIB
+    #: the QUIC engine of both systems: kwik's ``Config.engine``, and the raw baseline's
+    #: (aioquic: :mod:`benchmarks.peer_aioquic`; qh3: :mod:`benchmarks.peer_raw`, with kwik's
+    #: UDP I/O)
+    engine: str = "aioquic"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

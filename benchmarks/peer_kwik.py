@@ -31,6 +31,7 @@ def kwik_config(settings: QuicSettings, *, worker_pool: bool = True) -> kwik.Con
     ``max(2 * path_receive_window, 1 MiB)``, which is how ``QuicSettings`` defines both.
     """
     config = kwik.Config(
+        engine=settings.engine,
         max_datagram_size=settings.max_datagram_size,
         congestion_control=settings.congestion_control,
         idle_timeout=settings.idle_timeout,

@@ -125,9 +125,9 @@ def table_rows(scenarios: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def format_table(scenarios: dict[str, dict[str, Any]]) -> str:
-    """A markdown table; figures are "median (min–max)" over the runs, ratio is kwik/aioquic."""
-    header = ["scenario", "what", "kwik", "aioquic", "ratio"]
+def format_table(scenarios: dict[str, dict[str, Any]], raw_label: str = "aioquic") -> str:
+    """A markdown table; figures are "median (min–max)" over the runs, ratio is kwik/raw."""
+    header = ["scenario", "what", "kwik", raw_label, "ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in table_rows(scenarios):
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")

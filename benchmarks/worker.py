@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import app, peer_aioquic, peer_kwik
+from . import app, peer_aioquic, peer_kwik, peer_raw
 from .common import QuicSettings, dumps_line, gather_all, run_loop
 from .paths import PathSampler
 
@@ -42,6 +42,14 @@ async def _server(spec: dict[str, Any]) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3):
                 await listener.close()
+    elif settings.engine == "qh3":
+        ctx = app.ServerContext()
+        addr, raw_server = await peer_raw.start_server(
+            spec["host"], settings, spec["cert_pem"], spec["key_pem"], ctx
+        )
+        print(dumps_line("READY", {"addr": addr, "pid": os.getpid()}), flush=True)
+        await stop.wait()
+        raw_server.close()
     else:
         ctx = app.ServerContext()
         addr, server = await peer_aioquic.start_server(
@@ -99,17 +107,16 @@ async def _aioquic_client(spec: dict[str, Any], settings: QuicSettings) -> dict[
     cadata: bytes = spec["cert_pem"]
     params = spec["params"]
     task = spec["task"]
+    # the raw baseline of the settings' engine
+    peer: Any = peer_raw if settings.engine == "qh3" else peer_aioquic
     if task == "sessions":
-        return await peer_aioquic.establish_sessions(
-            spec["addr"], settings, cadata, params["count"]
-        )
+        return await peer.establish_sessions(spec["addr"], settings, cadata, params["count"])
     if task == "multipath":
         size = params["size"]
         addrs: list[str] = spec["addrs"] if params["mode"] == "dual" else spec["addrs"][:1]
         async with contextlib.AsyncExitStack() as stack:
             connections = [
-                await stack.enter_async_context(peer_aioquic.dial(a, settings, cadata))
-                for a in addrs
+                await stack.enter_async_context(peer.dial(a, settings, cadata)) for a in addrs
             ]
             shares = [size // len(addrs)] * len(addrs)
             shares[-1] += size - sum(shares)
@@ -129,7 +136,7 @@ async def _aioquic_client(spec: dict[str, Any], settings: QuicSettings) -> dict[
             "bytes": size,
             "cpu_seconds": cpu,
         }
-    async with peer_aioquic.dial(spec["addr"], settings, cadata) as connection:
+    async with peer.dial(spec["addr"], settings, cadata) as connection:
         result: dict[str, Any] = await _common_task(task, params, connection.open_stream_async)
         return result
 

@@ -13,6 +13,7 @@ from ._pool import PoolStats, WorkerPool, close_global_worker_pool, get_global_w
 from ._version import __version__
 from .config import Config, PathPolicy, TLSConfig
 from .exceptions import (
+    EngineError,
     HandshakeError,
     HandshakeTimeoutError,
     KwikError,
@@ -31,6 +32,7 @@ from .tls import generate_self_signed_cert
 
 __all__ = [
     "Config",
+    "EngineError",
     "HandshakeError",
     "HandshakeTimeoutError",
     "KwikError",

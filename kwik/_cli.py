@@ -2,7 +2,8 @@
 
 Subcommands:
 
-* ``doctor``: versions, the aioquic internals kwik relies on, the system's UDP buffer limit;
+* ``doctor``: versions, the QUIC engines available and the internals of each kwik relies on,
+  the system's UDP buffer limit;
   a verdict and exit status 0 (usable) or 1 (broken).
 * ``connect ADDR``: like netcat. Opens a session and one stream, copies standard input to the
   stream (FIN at end of input) and the stream to standard output; exits at the stream's EOF.
@@ -31,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import _aioquic
+from . import _engines
 from ._addr import parse_address
 from ._version import __version__
 from .config import Config, TLSConfig
@@ -70,10 +71,14 @@ class Check:
     detail: str
 
 
-def hook_report() -> list[tuple[str, bool, str]]:
-    """``(aioquic attribute, present?, detail)`` for every aioquic internal kwik relies on
-    (``kwik._aioquic``, which also refuses to import when one is missing)."""
-    return _aioquic.hook_report()
+def engine_report() -> list[tuple[str, str, list[tuple[str, bool, str]]]]:
+    """For each QUIC engine: ``(engine, status, [(internal, present?, detail), ...])``, status
+    ``"ok"``, ``"missing"`` (not installed) or ``"broken"`` (``kwik._engines``, whose engine
+    modules also refuse to import when an internal is missing)."""
+    return [
+        (name, status, [(c.name, c.ok, c.detail) for c in checks])
+        for name, status, checks in _engines.report()
+    ]
 
 
 def _distribution_version(name: str) -> str | None:
@@ -149,17 +154,42 @@ def doctor_checks() -> list[Check]:
             f"{platform.system()} {platform.machine()})",
         ),
         _aioquic_check(),
+        Check("qh3", "info", _distribution_version("qh3") or "not installed (optional engine)"),
         Check("cryptography", "info", _distribution_version("cryptography") or "not installed"),
     ]
     uvloop = _distribution_version("uvloop")
     checks.append(Check("uvloop", "info", uvloop or "not installed (optional; faster event loop)"))
+    default = _engines.default_engine()
+    checks.append(
+        Check(
+            "engine",
+            "info",
+            f"default {default!r} (KWIK_ENGINE={os.environ.get('KWIK_ENGINE', '')!r}); "
+            f"kwik knows {', '.join(_engines.ENGINES)}",
+        )
+    )
     try:
-        hooks = hook_report()
-    except Exception as exc:  # a broken kwik._aioquic is itself the finding
-        checks.append(Check("aioquic hooks", "fail", f"cannot be checked: {exc!r}"))
-    else:
+        engines = engine_report()
+    except Exception as exc:  # a broken engine module is itself the finding
+        checks.append(Check("engines", "fail", f"cannot be checked: {exc!r}"))
+        engines = []
+    for engine, status, hooks in engines:
+        if status == "missing":
+            # an optional engine that is not installed is no failure, unless it is the default
+            detail = hooks[0][2] if hooks else "not installed"
+            checks.append(Check(f"{engine}", "fail" if engine == default else "info", detail))
+            continue
+        checks.append(
+            Check(
+                f"{engine}",
+                "ok" if status == "ok" else "fail",
+                "engine usable: every internal kwik relies on is present"
+                if status == "ok"
+                else "engine unusable: an internal kwik relies on changed",
+            )
+        )
         for name, present, detail in hooks:
-            checks.append(Check(name, "ok" if present else "fail", detail))
+            checks.append(Check(f"{engine}: {name}", "ok" if present else "fail", detail))
     checks.append(_udp_buffer_check())
     return checks
 
@@ -410,9 +440,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "doctor",
-        help="check versions, aioquic internals and UDP buffers",
-        description="Report kwik's, Python's, aioquic's and uvloop's versions, whether every "
-        "aioquic internal kwik relies on is present, and the system's UDP receive buffer "
+        help="check versions, QUIC engines and UDP buffers",
+        description="Report kwik's, Python's, aioquic's, qh3's and uvloop's versions, the QUIC "
+        "engines kwik can use (aioquic, qh3) and whether every internal of each kwik relies "
+        "on is present, and the system's UDP receive buffer "
         "limit against Config.udp_receive_buffer. Exit status 0 when kwik is usable "
         "(warnings included), 1 when a check failed.",
     )

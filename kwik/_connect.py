@@ -8,15 +8,14 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from aioquic.quic.connection import QuicConnection
-
-from . import _aioquic
+from . import _engines
 from ._addr import parse_address
-from ._path import Path
+from ._path import Path, PortUnreachableError
+from ._udp import UdpEndpoint
 from .config import Config, TLSConfig
-from .exceptions import HandshakeError, HandshakeTimeoutError
+from .exceptions import HandshakeError, HandshakeTimeoutError, KwikError
 from .session import Session
-from .tls import quic_configuration
+from .tls import TLSMaterial, load_tls_material
 
 __all__ = ["connect_path", "dial_addr"]
 
@@ -47,6 +46,10 @@ async def connect_path(
             resolve.
     """
     host, port = parse_address(address)
+    if port == 0 and resolved is None:
+        raise ValueError(f"invalid address {address!r}: port 0 cannot be dialed")
+    material = load_tls_material(tls, is_server=False)
+    engine = _engines.load(config.engine)
     loop = asyncio.get_running_loop()
     path: Path | None = None
     try:
@@ -54,30 +57,8 @@ async def connect_path(
             if resolved is not None:
                 family, addr = resolved
             else:
-                try:
-                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-                except OSError as exc:
-                    raise HandshakeError(f"cannot resolve {host!r}: {exc}") from exc
-                family, _, _, _, addr = infos[0]
-            quic = QuicConnection(
-                configuration=quic_configuration(
-                    is_client=True, tls=tls, config=config, server_name=host
-                )
-            )
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                set_receive_buffer(sock, config.udp_receive_buffer)
-                sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-                sock.setblocking(False)
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: Path(quic, is_client=True, config=config), sock=sock
-                )
-                tune_datagram_transport(transport)
-            except BaseException:
-                sock.close()
-                raise
-            path = protocol
-            path.set_remote_address(addr)
+                family, addr = await _resolve(loop, host, port)
+            path = _client_path(engine, material, config, host, family, addr)
             path.dialed_as = address
             path.on_handshake = on_handshake
             path.connect(addr)
@@ -88,10 +69,18 @@ async def connect_path(
         raise HandshakeTimeoutError(
             f"no QUIC handshake with {address} within {config.handshake_timeout} s"
         ) from None
-    except ConnectionError as exc:
-        reason = "connection refused"
+    except KwikError:
         if path is not None:
-            reason = path.close_reason or _aioquic.close_reason(path.quic) or reason
+            path.abort()
+        raise
+    except PortUnreachableError as exc:
+        if path is not None:
+            path.abort()
+        raise HandshakeError(f"handshake with {address} failed: {exc.strerror}") from exc
+    except ConnectionError as exc:
+        reason = "connection closed"
+        if path is not None:
+            reason = path.close_reason or path.connection.close_reason() or str(exc) or reason
             path.abort()
         raise HandshakeError(f"handshake with {address} failed: {reason}") from exc
     except BaseException:
@@ -101,19 +90,47 @@ async def connect_path(
     return path
 
 
-#: Largest UDP payload (65,535 - 8 - 20). asyncio's selector transport otherwise receives
-#: every datagram into a fresh 256 KiB buffer, an allocation above glibc's mmap threshold
-#: that costs more CPU than aioquic's whole processing of the datagram in some heap states.
-MAX_UDP_PAYLOAD = 65_507
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, host: str, port: int
+) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise HandshakeError(f"cannot resolve {host!r}: the name does not resolve ({exc})") from exc
+    if not infos:
+        raise HandshakeError(f"cannot resolve {host!r}: the name does not resolve")
+    family, _, _, _, addr = infos[0]
+    return family, addr
 
 
-def tune_datagram_transport(transport: object) -> None:
-    """Receive each datagram into a buffer no larger than a UDP payload can be (asyncio's
-    selector loop; uvloop sizes its buffers itself)."""
-    current = getattr(transport, "max_size", None)
-    if isinstance(current, int) and current > MAX_UDP_PAYLOAD:
-        # only ever lower it: an application (or a meter) may have chosen smaller already
-        transport.max_size = MAX_UDP_PAYLOAD  # type: ignore[attr-defined]
+def _client_path(
+    engine: _engines.Engine,
+    material: TLSMaterial,
+    config: Config,
+    host: str,
+    family: socket.AddressFamily,
+    addr: tuple[Any, ...],
+) -> Path:
+    """A client path with its own connected UDP socket (connected: ICMP errors reach it)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        set_receive_buffer(sock, config.udp_receive_buffer)
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        sock.connect(addr)
+        sock.setblocking(False)
+        path = Path(
+            engine,
+            lambda credit: engine.client_connection(config, material, host, credit),
+            is_client=True,
+            config=config,
+        )
+        endpoint = UdpEndpoint(asyncio.get_running_loop(), sock, path, connected=True)
+    except BaseException:
+        sock.close()
+        raise
+    path.use_endpoint(endpoint)
+    path.set_remote_address(addr)
+    return path
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> None:
@@ -134,11 +151,19 @@ async def dial_addr(
 
     Raises:
         HandshakeTimeoutError: nothing answered within ``config.handshake_timeout``.
-        HandshakeError: the peer refused, e.g. its certificate does not verify.
-        ValueError: ``address`` is malformed.
+        HandshakeError: the peer refused (e.g. its certificate does not verify), nothing
+            listens at the address (ICMP port unreachable, within a second), or the host does
+            not resolve.
+        ValueError: ``address`` is malformed or has port 0, or a TLS file cannot be read or is
+            not PEM (the message names it).
     """
     config = config if config is not None else Config()
     tls = tls_config if tls_config is not None else TLSConfig()
+    # refuse what cannot work before any socket or session exists
+    _, port = parse_address(address)
+    if port == 0:
+        raise ValueError(f"invalid address {address!r}: port 0 cannot be dialed")
+    load_tls_material(tls, is_server=False)
     session = Session(is_client=True, config=config, tls=tls, dialer=connect_path)
 
     def attach(path: Path) -> None:

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from . import _engines
+
 __all__ = ["EXTENSION_ALPN", "Config", "PathPolicy", "TLSConfig"]
 
 #: ALPN token of kwik's credit extension: a kwik peer offers it before ``"kwik"`` (KWIK v2).
@@ -27,6 +29,13 @@ class Config:
     One instance may be shared by several sessions; kwik never mutates it.
     """
 
+    engine: str = field(default_factory=_engines.default_engine)
+    """The QUIC implementation every path of the session (or listener) runs on: ``"aioquic"``
+    (the default) or ``"qh3"`` (``pip install 'kwik[qh3]'``; several times faster, see
+    ``docs/engines.md``). The default is the ``KWIK_ENGINE`` environment variable when
+    set, else ``"aioquic"``. An engine that is not installed, or whose checks fail, raises
+    :class:`~kwik.EngineError` here, naming what is missing."""
+
     handshake_timeout: float = 10.0
     """Seconds ``dial_addr`` (and dialing a relay) may spend on the QUIC handshake before
     failing with :class:`~kwik.HandshakeTimeoutError`."""
@@ -43,7 +52,8 @@ class Config:
     noticeably faster with aioquic."""
 
     congestion_control: str = "reno"
-    """aioquic congestion control algorithm: ``"reno"`` or ``"cubic"``."""
+    """Congestion control algorithm on aioquic: ``"reno"`` or ``"cubic"``. qh3 always runs
+    CUBIC (with HyStart++) and ignores this field."""
 
     heartbeat_interval: float = 3.0
     """Seconds between heartbeats of a path: the client side sends a KWIK Ping (upstream used
@@ -147,7 +157,9 @@ class Config:
 
     path_receive_window: int = 2 * _MIB
     """QUIC flow-control credit of a path's transport stream beyond what kwik has processed:
-    the most a peer can have in flight towards a path kwik is not reading."""
+    the most a peer can have in flight towards a path kwik is not reading. It must hold a whole
+    record (at least ``max_record_size + 8``); frames that wait on a KWIK v2 path (for a slow
+    reader or a slow relay) are held up to this much too, while the path still answers Pings."""
 
     udp_receive_buffer: int = 4 * _MIB
     """SO_RCVBUF asked for every UDP socket kwik opens (the kernel caps it at
@@ -259,6 +271,9 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.engine, str):
+            raise TypeError("Config.engine must be a string: 'aioquic' or 'qh3'")
+        _engines.load(self.engine)  # EngineError now, never at the first packet
         for name in (
             "handshake_timeout",
             "idle_timeout",
@@ -297,6 +312,13 @@ class Config:
                 raise ValueError(f"Config.{name} must be at least 1")
         if self.max_stream_frame_data + 64 > self.max_record_size:
             raise ValueError("Config.max_stream_frame_data must fit in max_record_size")
+        if self.path_receive_window < self.max_record_size + 8:
+            # credit is what the record reader consumed plus the window: a record larger than
+            # the window could never complete, and the path would wait for ever (r3-17)
+            raise ValueError(
+                f"Config.path_receive_window ({self.path_receive_window}) must hold a whole "
+                f"record: at least max_record_size + 8 ({self.max_record_size + 8})"
+            )
         # --- hostile peers
         if self.max_ack_ranges < 1:
             raise ValueError("Config.max_ack_ranges must be at least 1")

@@ -10,15 +10,17 @@ Every exception kwik raises on purpose derives from :class:`KwikError`::
     ├── PathError                   a path could not be added, found or used
     ├── StreamClosedError           the stream cannot be used: closed, refused, path gone
     ├── OpenStreamTimeoutError      (also TimeoutError) no answer to open_stream_sync in time
-    └── ListenerClosedError         accept() on a closed listener
+    ├── ListenerClosedError         accept() on a closed listener
+    └── EngineError                 (also ImportError) the QUIC engine asked for is unusable
 
-Errors from aioquic and from the operating system are mapped to these at the edge and raised
-``from`` the original, so ``__cause__`` keeps the detail.
+Errors from the QUIC engine (aioquic, qh3) and from the operating system are mapped to these at
+the edge and raised ``from`` the original, so ``__cause__`` keeps the detail.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EngineError",
     "HandshakeError",
     "HandshakeTimeoutError",
     "KwikError",
@@ -87,3 +89,9 @@ class OpenStreamTimeoutError(KwikError, TimeoutError):
 
 class ListenerClosedError(KwikError):
     """The listener is closed: no more sessions will be accepted."""
+
+
+class EngineError(KwikError, ImportError):
+    """The QUIC engine named by ``Config.engine`` (or ``KWIK_ENGINE``) cannot be used: it is
+    unknown, not installed, or lacks (or changed) an internal kwik relies on. Raised when the
+    :class:`~kwik.Config` is made; the message names the engine and the missing piece."""

@@ -464,7 +464,10 @@ class Session:
                 in_flight=in_flight,
                 pto=pto,
                 withholding=path.withholding,
-                blocked=path.send_blocked,
+                # our Ping cannot have reached the peer's KWIK layer while records sent before
+                # it are not all acknowledged (QUIC is still retransmitting them) or while the
+                # peer's flow control holds them back: an echo cannot be expected yet
+                blocked=path.send_blocked or path.unacked_bytes() > 0,
             )
 
     def _path_terminated(self, path: Path, *, deliver: bool = True) -> None:

@@ -12,6 +12,15 @@ import kwik
 
 CERT, KEY = kwik.generate_self_signed_cert(["localhost", "127.0.0.1"])
 
+#: the QUIC engine this run tests (``KWIK_ENGINE``; .ci/run runs the suite once per engine).
+#: Tests measure through kwik's own counters and the engine seam; the few that must reach into
+#: one engine name it explicitly (``Config(engine="aioquic")``) and so run the same on both runs.
+ENGINE = kwik.Config().engine
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"kwik QUIC engine: {ENGINE} (set KWIK_ENGINE to choose)"
+
 
 @pytest.fixture
 def server_tls() -> kwik.TLSConfig:

@@ -87,3 +87,32 @@ def test_unknown_scenario_is_refused() -> None:
     )
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr
+
+
+@pytest.mark.timeout(150)
+def test_engines_comparison_puts_every_engine_in_one_table(tmp_path: Path) -> None:
+    """``--engines aioquic,qh3``: kwik and the raw engine on each engine, in one table and the
+    JSON (raw qh3 is the raw peer on qh3 with kwik's UDP I/O)."""
+    pytest.importorskip("qh3", reason="qh3 is not installed (pip install 'kwik[qh3]')")
+    out = tmp_path / "engines.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "bulk", "--quick", "--engines", "aioquic,qh3"]
+        + ["--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    header = proc.stdout.splitlines()[0]
+    for column in ("kwik on aioquic", "raw aioquic", "kwik on qh3", "raw qh3"):
+        assert column in header, header
+    report = json.loads(out.read_text())
+    assert report["engines"] == ["aioquic", "qh3"]
+    (row, *_) = [r for r in report["rows"] if r["what"].endswith("MB/s")]
+    for engine in ("aioquic", "qh3"):
+        assert row[engine]["kwik"]["median"] > 0 and row[engine]["raw"]["median"] > 0

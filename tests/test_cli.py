@@ -114,18 +114,18 @@ def test_doctor_passes_here() -> None:
     assert result.returncode == 0, out
     assert "verdict: OK" in out
     assert kwik.__version__ in out
-    assert "QuicConnection._write_stream_limits" in out
+    assert "aioquic: QuicConnection._write_stream_limits" in out
     assert "UDP receive buffer" in out
 
 
 def test_doctor_fails_on_a_missing_hook(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = [("aioquic.quic.connection.QuicConnection._gone", False, "missing")]
-    monkeypatch.setattr(_cli, "hook_report", lambda: report)
+    report = [("aioquic", "broken", [("QuicConnection._gone", False, "missing")])]
+    monkeypatch.setattr(_cli, "engine_report", lambda: report)
     assert _cli.main(["doctor"]) == 1
     out = capsys.readouterr().out
-    assert "fail  aioquic.quic.connection.QuicConnection._gone" in out
+    assert "fail  aioquic: QuicConnection._gone" in out
     assert "verdict: BROKEN" in out
 
 

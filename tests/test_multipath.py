@@ -175,15 +175,15 @@ async def test_silent_relay_fails_by_heartbeat(make_server, client_tls, config) 
         while len(session.paths) < 2:
             await asyncio.sleep(0.02)
         server = secondary.listener._server
-        assert server is not None and server._transport is not None
-        server._transport.pause_reading()  # the secondary hears nothing any more
+        assert server is not None
+        server.endpoint.pause_reading()  # the secondary hears nothing any more
         while session.paths[1].state == "active":
             await asyncio.sleep(0.05)
         info = session.paths[1]
         assert info.state == "failed"
         assert "silent" in info.close_reason
         assert not session.is_closed and session.paths[0].state == "active"
-        server._transport.resume_reading()
+        server.endpoint.resume_reading()
         await session.close()
 
 
@@ -460,12 +460,12 @@ async def test_relay_path_ending_while_congested_unblocks_the_primary(
         await stream.write(b"GET")
         await ready.wait()
         server = secondary.listener._server
-        assert server is not None and server._transport is not None
-        server._transport.pause_reading()  # the secondary stops acknowledging
+        assert server is not None
+        server.endpoint.pause_reading()  # the secondary stops acknowledging
         go.set()
         await asyncio.sleep(0.5)
         await session.remove_path(2)  # the relay path goes away
-        server._transport.resume_reading()
+        server.endpoint.resume_reading()
         assert await read_all(stream) == b"HELLO-FROM-PRIMARY"
         assert not session.is_closed
         await session.close()

@@ -84,7 +84,11 @@ async def test_records_flow_through_pool_buffers_reused() -> None:
         stats = pool.stats()
         assert stats.submitted >= 32
         assert stats.processed == stats.submitted
-        assert stats.reuse_ratio > 0.9
+        # buffers are reused: no more are ever made than records can be queued or in a
+        # worker's hands at once, however the records arrive (one by one on aioquic, in bursts
+        # with batched receive on qh3)
+        assert stats.buffers_created <= stats.max_queued + stats.workers
+        assert stats.reuse_ratio > 0.5
         assert stats.buffers_reused > stats.buffers_created
         assert stats.oversized_records == 0  # a full Stream packet fits one pooled buffer
         assert stats.buffers_created <= stats.queue_capacity + 1
@@ -160,6 +164,7 @@ async def test_flood_into_slow_consumers_is_bounded_and_lossless() -> None:
         worker_pool=True,
         stream_receive_buffer=64 * 1024,
         path_receive_window=256 * 1024,
+        max_record_size=256 * 1024 - 8,
     )
     size = 1 * MIB
     peak_held = 0

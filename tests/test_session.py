@@ -252,6 +252,7 @@ async def test_write_waits_while_send_buffer_full(make_server, client_tls, confi
         stream_receive_buffer=64 * 1024,
         path_send_window=128 * 1024,
         path_receive_window=128 * 1024,
+        max_record_size=128 * 1024 - 8,
     )
     server = await make_server(handler, small)
     payload = os.urandom(3 * MIB)
@@ -287,6 +288,7 @@ async def test_receiver_that_does_not_read_bounds_memory(make_server, client_tls
     small = config.replace(
         stream_receive_buffer=128 * 1024,
         path_receive_window=256 * 1024,
+        max_record_size=256 * 1024 - 8,
         stream_send_buffer=256 * 1024,
         path_send_window=256 * 1024,
     )
@@ -315,20 +317,42 @@ async def test_receiver_that_does_not_read_bounds_memory(make_server, client_tls
         await session.close()
 
 
-async def test_dial_closed_port_times_out(client_tls) -> None:
-    """Dialing a port nobody listens on fails within handshake_timeout, never hangs."""
+async def test_dial_closed_port_fails_fast(client_tls) -> None:
+    """Dialing a port nobody listens on: the ICMP port unreachable ends the dial within 1 s
+    with a HandshakeError that says so (not a 10 s timeout)."""
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    # the bound is the test: a dial that hangs instead of failing hits this timeout
-    async with asyncio.timeout(10):
-        with pytest.raises(kwik.HandshakeTimeoutError) as info:
-            await kwik.dial_addr(
-                f"127.0.0.1:{port}", client_tls, kwik.Config(handshake_timeout=1.0)
-            )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        with pytest.raises(kwik.HandshakeError, match="port unreachable") as info:
+            await kwik.dial_addr(f"127.0.0.1:{port}", client_tls, kwik.Config())
+    assert loop.time() - started < 1.0
+    assert isinstance(info.value, ConnectionError)
+    assert not isinstance(info.value, kwik.HandshakeTimeoutError)
+
+
+async def test_dial_silent_port_times_out(client_tls) -> None:
+    """A port where something is bound but never answers fails within handshake_timeout with
+    HandshakeTimeoutError, never hangs."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    try:
+        # the bound is the test: a dial that hangs instead of failing hits this timeout
+        async with asyncio.timeout(10):
+            with pytest.raises(kwik.HandshakeTimeoutError) as info:
+                await kwik.dial_addr(
+                    f"127.0.0.1:{port}", client_tls, kwik.Config(handshake_timeout=1.0)
+                )
+    finally:
+        sock.close()
     assert isinstance(info.value, TimeoutError)
     assert isinstance(info.value, kwik.KwikError)
 
@@ -483,7 +507,7 @@ async def test_malformed_record_closes_only_that_path(make_server, client_tls, c
         path = victim._primary
         assert path is not None
         bad = b"\x00\x00\x00\x0c\x00\x00\x00\x08" + b"\x07" * 8  # header type 7: invalid
-        path._quic.send_stream_data(0, bad)
+        path.connection.send_stream_data(0, bad)
         path.transmit()
         await victim.wait_closed()
         with pytest.raises(kwik.SessionClosedError) as info:
@@ -505,7 +529,7 @@ async def test_oversized_record_closes_path(make_server, client_tls, config) -> 
         session = await dial(server, client_tls, config)
         path = session._primary
         assert path is not None
-        path._quic.send_stream_data(0, (200_000).to_bytes(4, "big") + b"\x00" * 64)
+        path.connection.send_stream_data(0, (200_000).to_bytes(4, "big") + b"\x00" * 64)
         path.transmit()
         await session.wait_closed()
         with pytest.raises(kwik.SessionClosedError) as info:
@@ -540,7 +564,9 @@ async def test_stream_id_collision(make_server, client_tls, config) -> None:
 
 
 async def test_qlog_dir_writes_files(server_tls, client_tls, tmp_path) -> None:
-    """Config.qlog_dir makes aioquic write one qlog file per connection."""
+    """Config.qlog_dir makes the engine write a qlog file per connection: a JSON trace of
+    transport events (client and server, in one process, share the file name: the original
+    destination connection id)."""
     config = kwik.Config(qlog_dir=tmp_path / "qlog", worker_pool=False)
     async with asyncio.timeout(20):
         listener = await kwik.listen_addr("127.0.0.1:0", server_tls, config)
@@ -549,7 +575,11 @@ async def test_qlog_dir_writes_files(server_tls, client_tls, tmp_path) -> None:
             await session.close()
     files = list((tmp_path / "qlog").glob("*.qlog"))
     assert files, "no qlog written"
-    assert b"quic" in files[0].read_bytes()
+    import json
+
+    trace = json.loads(files[0].read_bytes())
+    assert trace["traces"][0]["events"], "an empty qlog trace"
+    assert b"transport" in files[0].read_bytes()
 
 
 async def test_silent_server_fails_the_path(make_server, client_tls, config, monkeypatch) -> None:
@@ -597,7 +627,11 @@ async def test_cancel_read_unblocks_a_v2_path(make_server, client_tls, config) -
             await stream.write(b"small answer")
         await stream.close()
 
-    small = config.replace(session_receive_buffer=128 * 1024, path_receive_window=128 * 1024)
+    small = config.replace(
+        session_receive_buffer=128 * 1024,
+        path_receive_window=128 * 1024,
+        max_record_size=128 * 1024 - 8,
+    )
     server = await make_server(handler, small)
     v2 = kwik.TLSConfig(cadata=CERT, alpn_protocols=("kwik",))
     async with asyncio.timeout(30):

@@ -351,7 +351,11 @@ def test_close_keeps_everything_delivered_for_a_slow_reader(size: int) -> None:
     """v2: the server writes, closes the stream and the session; the client has not read.
     What its path delivered (frames that wait and records the reader still holds) stays
     readable."""
-    config = Config(session_receive_buffer=256 * KIB, path_receive_window=256 * KIB)
+    config = Config(
+        session_receive_buffer=256 * KIB,
+        path_receive_window=256 * KIB,
+        max_record_size=256 * KIB - 8,
+    )
     client, server, link = pair(config, extended=False)
     stream, accepted = open_confirmed(client, server, link)
     payload = os.urandom(size)
@@ -870,7 +874,11 @@ def test_accept_after_close_still_hands_out_arrived_streams() -> None:
 
 
 def test_a_resumed_path_is_announced() -> None:
-    config = Config(session_receive_buffer=128 * KIB, path_receive_window=128 * KIB)
+    config = Config(
+        session_receive_buffer=128 * KIB,
+        path_receive_window=128 * KIB,
+        max_record_size=128 * KIB - 8,
+    )
     client, server, link = pair(config, extended=False)
     stream, accepted = open_confirmed(client, server, link)
     server.write(accepted, b"z" * MIB)
@@ -895,7 +903,11 @@ def test_link_helper_is_faithful() -> None:
 def test_pings_in_records_not_taken_yet_are_answered_by_looking_ahead() -> None:
     """A path that takes no more records (its waiting data is at its bound) still answers the
     Pings of the records its transport holds (r3-7)."""
-    config = Config(session_receive_buffer=64 * KIB, path_receive_window=64 * KIB)
+    config = Config(
+        session_receive_buffer=64 * KIB,
+        path_receive_window=128 * KIB,
+        max_record_size=128 * KIB - 8,
+    )
     client, server, link = pair(config, extended=False)
     stream, accepted = open_confirmed(client, server, link)
     client.write(stream, b"u" * MIB)
