@@ -151,7 +151,7 @@ async def test_a_v2_server_whose_reader_is_slow_still_echoes_pings(make_server, 
         # within what the server holds (budget + waiting frames + its reader's window): past
         # that, QUIC flow control stops the client's records, Pings included, and the client
         # then judges the server by QUIC acknowledgements instead
-        writer = asyncio.create_task(stream.write(os.urandom(4 * MIB)))
+        writer = asyncio.create_task(stream.write(os.urandom(MIB)))
         await wait_until(lambda: bool(server.sessions))
         served = server.sessions[0]
         await wait_until(lambda: served.statistics().receive_buffered >= 256 * 1024)

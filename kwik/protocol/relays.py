@@ -321,10 +321,12 @@ class Forwarder:
         reader gave up): each entry forwarding it ends with a FIN once its bytes are sent.
         Returns the entries that can send now."""
         ready = []
-        for entry in self.entries.values():
+        for entry in list(self.entries.values()):
             if entry.stream_id == stream_id and not entry.fin_wanted:
                 entry.fin_wanted = True
-                if entry.sendable:
+                if entry.over:
+                    self.retire(entry)  # refused: nothing will ever go out for it
+                elif entry.sendable:
                     ready.append(entry)
         return ready
 

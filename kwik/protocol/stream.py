@@ -9,7 +9,7 @@ reader can go on) and never emit events or touch other streams: :class:`~.sessio
 applies the session's budgets and tells the adapter, the way aioquic's connection drives its
 ``QuicStreamSender``/``QuicStreamReceiver``.
 
-States, shaped like RFC 9000 §3:
+States, shaped like RFC 9000 section 3:
 
 * sending: :attr:`SendState.READY` (nothing finished), :attr:`SendState.DATA_SENT` (finished by
   the application: a FIN or the end of this writer's part waits to go out),

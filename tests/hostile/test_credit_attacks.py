@@ -31,7 +31,12 @@ BUDGET = 8 * MIB
 async def test_credit_on_a_thousand_streams_filled_stays_within_the_session_budget(
     tmp_path: Path,
 ) -> None:
-    config = {"worker_pool": False, "max_streams": STREAMS, "session_receive_buffer": BUDGET}
+    config = {
+        "worker_pool": False,
+        "max_streams": STREAMS,
+        "stream_backlog": STREAMS,
+        "session_receive_buffer": BUDGET,
+    }
     async with (
         ServerProcess(tmp_path, config, mode="hold") as server,
         raw_connect(server.addr, alpn=(EXTENSION_ALPN,)) as peer,

@@ -919,3 +919,44 @@ def test_pings_in_records_not_taken_yet_are_answered_by_looking_ahead() -> None:
     assert PingFrame() in frames_of(server.data_to_send(1, MIB, 0.0), extended=False)
     server.peek_record(1, b"garbage", 0.0)  # a bad record fails the path when handed in
     assert server.path_ids() == [1]
+
+
+def test_relay_data_after_a_refusal_keeps_its_offsets() -> None:
+    """A secondary refused a forwarded stream: what the primary relays for it later is
+    dropped, never re-opened at offset 0 (it would land at the wrong place), and the forwarding
+    entry ends with the stream."""
+    trio = Trio(extended=False, relay_extended=False)
+    stream = trio.c.open_stream()
+    trio.settle()
+    relay = trio.relay_id
+    trio.c.receive_record(1, packet(900, RelayDataFrame(relay, stream.stream_id, b"abc")), 0.0)
+    sent = frames_of(trio.c.data_to_send(relay, MIB, 0.0), extended=False)
+    assert OpenStreamFrame(stream.stream_id) in sent
+    trio.c.receive_record(relay, packet(901, OpenStreamRespFrame(stream.stream_id, False)), 0.0)
+    trio.c.receive_record(1, packet(902, RelayDataFrame(relay, stream.stream_id, b"defg")), 0.0)
+    later = frames_of(trio.c.data_to_send(relay, MIB, 0.0), extended=False)
+    assert not any(isinstance(f, OpenStreamFrame | StreamFrame) for f in later)
+    assert trio.c.relay_backlog(relay) == 0
+    trio.c.cancel_read(stream)  # the client is done with the stream: the entry goes
+    assert trio.c.table_sizes()["forwarded"] == 0
+
+
+def test_relay_data_waiting_for_a_slow_relay_goes_on_as_soon_as_it_drains() -> None:
+    """KWIK v2 primary: RelayData waits while the relay path's backlog is full; the moment the
+    relay path sends (freeing room), the waiting RelayData is taken, with no timer involved (a
+    retry nested in another one is not lost)."""
+    config = Config(relay_buffer=64 * KIB)
+    trio = Trio(config, extended=False, relay_extended=False)
+    stream = trio.c.open_stream()
+    trio.settle()
+    relay = trio.relay_id
+    for number in range(900, 905):
+        trio.c.receive_record(
+            1, packet(number, RelayDataFrame(relay, stream.stream_id, b"r" * 32 * KIB)), 0.0
+        )
+    assert trio.c.table_sizes()["waiting_frames"] == 3  # two fit the budget, three wait
+    trio.c.receive_record(relay, packet(800, OpenStreamRespFrame(stream.stream_id, True)), 0.0)
+    trio.c.data_to_send(relay, MIB, 0.0)  # the relay path sends what it holds
+    assert trio.c.table_sizes()["waiting_frames"] == 1  # two more taken at once
+    trio.c.data_to_send(relay, MIB, 0.0)
+    assert trio.c.table_sizes()["waiting_frames"] == 0
