@@ -898,6 +898,11 @@ class SessionCore:
             attempts = stream.open_attempts
             self._refuse(stream, f"the peer refused to open the stream ({attempts} ids)")
             return
+        # the ids are shared with every other opener of the session (the client, the primary,
+        # each secondary): a refused opener jumps ahead, twice as far each time, out of the ids
+        # the others are opening now, rather than trailing them one id per round trip
+        jump = frame.stream_id + (1 << stream.open_attempts)
+        self._next_stream_id = max(self._next_stream_id, min(jump, U64_MAX))
         self._send_open(stream)
 
     def _refuse(self, stream: LogicalStream, reason: str) -> None:
