@@ -79,12 +79,12 @@ async def test_request_response_through_a_secondary(make_server, client_tls, con
         await forgotten(*sessions)
         # the secondary's stream had the client's id, and it read EOF there
         assert secondary_app.written == [stream.stream_id]
-        assert secondary_app.eof == [stream.stream_id]
+        await wait_until(lambda: secondary_app.eof == [stream.stream_id])  # its task's turn
         assert session._core.table_sizes()["forwarded"] == 0
         # a second request on the same session and relay works the same
         again = await split(session, split_request(2, parts))
         await forgotten(*sessions)
-        assert secondary_app.eof == [stream.stream_id, again.stream_id]
+        await wait_until(lambda: secondary_app.eof == [stream.stream_id, again.stream_id])
         assert [p.state for p in session.paths] == ["active", "active"]
         await session.close()
 
