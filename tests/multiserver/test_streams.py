@@ -143,13 +143,11 @@ async def many_streams(make_server, client_tls, config, count: int) -> None:
     await session.close()
 
 
-@pytest.mark.parametrize("config", [True], ids=["pool"], indirect=True)
 async def test_a_thousand_two_server_streams_leave_every_table_as_after_ten(
     make_server, client_tls, config
 ):
     """r3-4 (default suite size): 1,000 two-server streams, 8 at a time; before the rework the
-    secondary refused the 257th. One mode only (the default, the pool), to keep the default
-    suite short; the 10,000 run below has both."""
+    secondary refused the 257th."""
     async with asyncio.timeout(50):
         await many_streams(make_server, client_tls, config, 1000)
 
