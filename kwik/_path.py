@@ -375,7 +375,21 @@ class Path:
         owner = self.owner
         if owner is not None and not self.terminated:
             owner._path_datagram(self)
+        if not self._local_close and not self.closed_by_peer and conn.is_closing():
+            self._peer_closed(conn)
         self.transmit()
+
+    def _peer_closed(self, conn: EngineConnection) -> None:
+        """The peer's CONNECTION_CLOSE arrived: the path is over for its owner at once (what it
+        holds is delivered), not after the draining period the engine still runs (RFC 9000,
+        section 10.2)."""
+        code = conn.close_code()
+        self.closed_by_peer = True
+        self.close_code = code if code is not None else CLOSE_FAILURE
+        self.close_reason = conn.close_reason()
+        self.state = PathState.CLOSED if self.close_code == CLOSE_NORMAL else PathState.FAILED
+        if self.owner is not None:
+            self.owner._path_terminated(self)
 
     @staticmethod
     def _receive(conn: EngineConnection, items: list[tuple[bytes, Any, int]], now: float) -> int:

@@ -63,6 +63,8 @@ _session_ids = itertools.count(1)
 
 #: Terminated paths whose last statistics a session keeps.
 _PATH_HISTORY = 16
+#: Seconds a closed session waits for its paths' QUIC closing periods before discarding them.
+_DRAIN_WAIT = 0.5
 
 
 class Dialer(Protocol):
@@ -885,9 +887,12 @@ class Session:
     async def _wait_paths_terminated(self) -> None:
         pending = [p for p in self._live_paths() if not p.terminated]
         if pending:
-            # the engine reports the end after the draining period (3 PTO); bound it anyway
+            # the CONNECTION_CLOSE is out; the engine ends the connection after its draining
+            # period (3 PTO), which a loaded loop inflates to seconds. What a path still owes the
+            # peer then is a repeat of that CONNECTION_CLOSE should it have been lost: worth a
+            # short wait, not the whole period (the RFC lets an endpoint discard its state)
             waits = [asyncio.ensure_future(p.wait_closed()) for p in pending]
-            done, not_done = await asyncio.wait(waits, timeout=max(self._config.close_timeout, 1.0))
+            done, not_done = await asyncio.wait(waits, timeout=_DRAIN_WAIT)
             for wait in not_done:
                 wait.cancel()
             await asyncio.gather(*waits, return_exceptions=True)

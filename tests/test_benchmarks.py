@@ -41,6 +41,7 @@ def quick_run(
     return proc, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quick_run_reports_every_scenario(
     quick_run: QuickRun,

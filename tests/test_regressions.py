@@ -608,3 +608,39 @@ class _no_error:
 
     def __exit__(self, *exc: object) -> bool:
         return False
+
+
+async def test_no_timer_spins_after_the_peer_finishes_the_transport_stream(config) -> None:
+    """r3-13: the client finishes the transport stream (QUIC FIN) while the server owes an Ack;
+    the server's path is over at once for its session, whose timer does not fire again and
+    again during the QUIC draining period (it fired ~100,000 times a second)."""
+    server_cfg = config.replace(ack_interval=0.02)  # the Ack falls due inside the draining
+    listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, server_cfg)
+    async with asyncio.timeout(30):
+        accepted = asyncio.create_task(listener.accept())
+        client = await kwik.dial_addr(listener.addr, CLIENT_TLS, config)
+        server = await accepted
+        fired = 0
+        original = server._on_timer
+
+        def counting() -> None:
+            nonlocal fired
+            fired += 1
+            original()
+
+        server._on_timer = counting  # type: ignore[method-assign]
+        path = client._primary
+        assert path is not None
+        core_path = client._core._paths[path.path_id]
+        records = [core_path.encode([PingFrame()]) for _ in range(3)]  # an Ack is now owed
+        path.send_records(records)
+        path.connection.raw.send_stream_data(0, b"", end_stream=True)
+        path.transmit()
+        await wait_until(lambda: server.is_closed)
+        started = asyncio.get_running_loop().time()
+        served = server._ended_paths[0] if server._ended_paths else None
+        await wait_until(lambda: served is None or served.terminated, 10.0)
+        drained = asyncio.get_running_loop().time() - started
+        assert fired <= 3 + drained / server_cfg.ack_interval, f"{fired} firings in {drained} s"
+        await client.abort()
+    await listener.close()

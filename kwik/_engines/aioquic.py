@@ -321,6 +321,11 @@ class AioquicConnection(EngineConnection):
     def is_closing(self) -> bool:
         return self._quic._close_event is not None
 
+    def close_code(self) -> int | None:
+        event = self._quic._close_event
+        code = getattr(event, "error_code", None)
+        return int(code) if code is not None else None
+
 
 # --- the engine -------------------------------------------------------------------------------
 

@@ -213,6 +213,10 @@ class EngineConnection(ABC):
     def is_closing(self) -> bool:
         """A close was started (by either side); nothing may be written any more."""
 
+    @abstractmethod
+    def close_code(self) -> int | None:
+        """The error code the connection was closed with (by either side), once it was."""
+
 
 class Engine(ABC):
     """One QUIC implementation kwik can run on (one instance per engine module)."""

@@ -8,7 +8,6 @@ mid-session; kwik servers over QUIC on 127.0.0.1, byte-exact, nothing left behin
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -25,10 +24,6 @@ from .apps import (
     split,
     split_request,
     tables,
-)
-
-SLOW = pytest.mark.skipif(
-    not os.environ.get("KWIK_SLOW"), reason="on demand: set KWIK_SLOW=1 (CI does)"
 )
 
 
@@ -152,8 +147,7 @@ async def test_a_thousand_two_server_streams_leave_every_table_as_after_ten(
         await many_streams(make_server, client_tls, config, 1000)
 
 
-@pytest.mark.slow
-@SLOW
+@pytest.mark.slow  # left out of the README's command: python3 -m pytest -m slow
 @pytest.mark.timeout(600)
 async def test_ten_thousand_two_server_streams_leave_every_table_as_after_ten(
     make_server, client_tls, config
