@@ -64,12 +64,22 @@ class Outgoing:
         return RelayDataFrame(self.relay_path_id, stream_id, chunk)
 
 
+#: Removed relays whose RelayCredit accounting a server keeps, should it recruit them again.
+_REMOVED_MEMORY = 1024
+
+
 class RelayOutbox:
-    """Server: the relays of a session and what waits for each."""
+    """Server: the relays of a session and what waits for each.
+
+    A relay removed and recruited again while the client kept its path (the client answers the
+    new AddPath with the same path id) goes on with the RelayCredit accounting it had: the
+    client's credit counts every byte relayed for that path id, from the first.
+    """
 
     def __init__(self, max_frame: int) -> None:
         self._max_frame = max_frame
         self._relays: dict[int, Outgoing] = {}
+        self._removed: dict[int, tuple[int | None, int]] = {}  # path id -> (credit, sent)
         self.asked: dict[str, int] = {}  # address -> AddPath frames awaiting an answer
 
     def ask(self, address: str) -> None:
@@ -101,13 +111,17 @@ class RelayOutbox:
         """A relay the client confirmed; ``credited``: the primary path has the extension."""
         out = self._relays.get(relay_path_id)
         if out is None:
-            out = self._relays[relay_path_id] = Outgoing(
-                relay_path_id, credit=0 if credited else None
-            )
+            credit, sent = self._removed.pop(relay_path_id, (0 if credited else None, 0))
+            out = self._relays[relay_path_id] = Outgoing(relay_path_id, credit=credit, sent=sent)
         return out
 
     def remove(self, relay_path_id: int) -> Outgoing | None:
-        return self._relays.pop(relay_path_id, None)
+        out = self._relays.pop(relay_path_id, None)
+        if out is not None:
+            self._removed[relay_path_id] = (out.credit, out.sent)
+            if len(self._removed) > _REMOVED_MEMORY:
+                del self._removed[next(iter(self._removed))]
+        return out
 
     def get(self, relay_path_id: int) -> Outgoing | None:
         return self._relays.get(relay_path_id)
@@ -129,8 +143,13 @@ class RelayOutbox:
             ProtocolViolationError: the credit shrank.
         """
         out = self._relays.get(relay_path_id)
-        if out is None or out.credit is None:
-            return None  # a relay removed meanwhile (or credit on a v2 path): harmless
+        if out is None:
+            removed = self._removed.get(relay_path_id)
+            if removed is not None and removed[0] is not None and max_bytes > removed[0]:
+                self._removed[relay_path_id] = (max_bytes, removed[1])  # kept for a re-add
+            return None  # a relay removed meanwhile: harmless
+        if out.credit is None:
+            return None  # credit on a v2 path: harmless
         if max_bytes < out.credit:
             raise ProtocolViolationError(
                 f"RelayCredit for path {relay_path_id} shrank from {out.credit} to {max_bytes}"

@@ -368,10 +368,13 @@ class SessionCore(PathCore):
             return Verdict.TAKEN  # nobody to answer; a stream never confirmed carries nothing
         if not force and path.control_full:
             return Verdict.WAIT
-        # never merge a new stream into one still held here: the opener moves to another id
-        # (and on a collision the server's own stream keeps the id)
+        # never merge a new stream into one still held here: the opener moves to another id.
+        # On a collision with the peer the client is opening it to, the server's own stream
+        # keeps the id; an id the client is opening to another server (a secondary's open vs
+        # the client's on the primary) stays the client's, or that server would confirm and
+        # keep forever a stream the client moved away from.
         refuse = (
-            self._table.held(stream_id, is_client=self.is_client)
+            self._table.held(stream_id, is_client=self.is_client, path_id=path.path_id)
             or self.error is not None
             or self.closing
             or self._table.remote_open >= self.config.max_streams
@@ -413,6 +416,11 @@ class SessionCore(PathCore):
             attempts = stream.open_attempts
             self._refuse(stream, f"the peer refused to open the stream ({attempts} ids)")
             return
+        # the ids are shared with every other opener of the session (the client, the primary,
+        # each secondary): a refused opener jumps ahead, twice as far each time, out of the ids
+        # the others are opening now, rather than trailing them one id per round trip
+        jump = frame.stream_id + (1 << stream.open_attempts)
+        self._table.next_id = max(self._table.next_id, min(jump, U64_MAX))
         self._send_open(stream)
 
     def _refuse(self, stream: LogicalStream, reason: str) -> None:

@@ -46,10 +46,14 @@ class StreamTable:
         """The live stream with this id (established, pending accept or opening)."""
         return self.live.get(stream_id) or self.opening.get(stream_id)
 
-    def held(self, stream_id: int, *, is_client: bool) -> bool:
-        """Whether an OpenStream for ``stream_id`` must be refused: the id is held here (on a
-        collision, both sides opening it at once, the server's own stream keeps the id)."""
-        return stream_id in self.live or (stream_id in self.opening and not is_client)
+    def held(self, stream_id: int, *, is_client: bool, path_id: int) -> bool:
+        """Whether an OpenStream for ``stream_id`` arriving on ``path_id`` must be refused: the
+        id is held here. On a collision (both sides opening it at once) the server's own stream
+        keeps the id; a client keeps an id it is opening to another path's server."""
+        if stream_id in self.live:
+            return True
+        opening = self.opening.get(stream_id)
+        return opening is not None and (not is_client or opening.home_path != path_id)
 
     def late(self, stream_id: int, end: int) -> bool:
         """Whether data ending at ``end`` belongs to a finished stream (a second writer's)."""
