@@ -38,6 +38,7 @@ from .protocol.events import (
     ClosePath,
     DialRelay,
     Event,
+    FinishClose,
     PathResumed,
     RelayWritable,
     SendProbe,
@@ -350,6 +351,8 @@ class Session:
                         break
             case RelayWritable(path_id=path_id):
                 self._wake(self._relay_waiters.pop(path_id, None))
+            case FinishClose():
+                self._finish_close()
             case SessionTerminated(error=error):
                 self._on_terminated(error)
 
@@ -858,6 +861,15 @@ class Session:
             if self._deliver_task is not None:
                 self._deliver_task.cancel()
         await asyncio.shield(self._close_task)
+
+    def _finish_close(self) -> None:
+        """The primary ended the session gracefully and the relays' streams are complete: close
+        gracefully, as :meth:`close` does, without a caller (the session owns the task)."""
+        if self._close_task is None and not self.is_closed:
+            task = self._loop.create_task(self._closer(CLOSE_NORMAL, "", True))
+            self._close_task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _closer(self, code: int, reason: str, graceful: bool) -> None:
         if graceful:

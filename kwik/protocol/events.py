@@ -19,6 +19,7 @@ __all__ = [
     "ClosePath",
     "DialRelay",
     "Event",
+    "FinishClose",
     "PathResumed",
     "RelayWritable",
     "SendProbe",
@@ -116,6 +117,16 @@ class DialRelay:
     address: str
 
 
+@dataclass(slots=True)
+class FinishClose:
+    """Client: the primary ended the session gracefully and the streams relays wrote are
+    complete: close the session gracefully (deliver what is still owed to the relays, such as
+    the FINs of what they wrote, then :meth:`SessionCore.close`). The session's error is then
+    the primary's (``error``), not the local close's."""
+
+    error: SessionClosedError
+
+
 Event = (
     StreamArrived
     | StreamReadable
@@ -127,4 +138,5 @@ Event = (
     | SendProbe
     | ClosePath
     | DialRelay
+    | FinishClose
 )

@@ -49,6 +49,7 @@ from .events import (
     AddPathAnswered,
     ClosePath,
     DialRelay,
+    FinishClose,
     RelayWritable,
     SessionTerminated,
     StreamArrived,
@@ -141,11 +142,17 @@ class SessionCore(PathCore):
             if path is not self._primary:
                 reason = f"all paths failed ({reason})"
             error = SessionClosedError(code, reason or "path closed", remote=by_peer)
-            if path is self._primary and code == CLOSE_NORMAL and self._relays_writing():
-                # a graceful end: the streams relays still write may finish first
+            if (
+                path is self._primary
+                and code == CLOSE_NORMAL
+                and (self._relays_writing() or self._forwarder.has_unsent)
+            ):
+                # a graceful end: the streams relays still write may finish first, and what
+                # the relays are owed (FINs) is delivered
                 self.closing = True
                 self._ending = error
                 self._ending_deadline = now + self.config.close_timeout
+                self._check_ending()
                 return
             self._terminate(error)
         else:
@@ -250,8 +257,16 @@ class SessionCore(PathCore):
         return False
 
     def _check_ending(self) -> None:
-        if self._ending is not None and self.error is None and not self._relays_writing():
-            self._terminate(self._ending)
+        """After the primary's graceful end: once the streams relays write are complete, the
+        adapter closes gracefully, so what is owed to the relays (the FINs of what they wrote)
+        is delivered before their paths close; its close takes the primary's error."""
+        ending = self._ending
+        if ending is None or self.error is not None or self._ending_deadline is None:
+            return
+        if not self._relays_writing():
+            self._ending_deadline = None  # the adapter's close bounds the rest (close_timeout)
+            self._timer_dirty = True
+            self._events.append(FinishClose(ending))
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -860,6 +875,9 @@ class SessionCore(PathCore):
     def close(self, code: int, reason: str) -> None:
         """Close now: every path is closed with ``code`` (:class:`~.events.ClosePath`)."""
         if self.error is None:
+            if self._ending is not None and code == CLOSE_NORMAL:
+                self._terminate(self._ending)  # the primary ended it: its error stands
+                return
             self._terminate(SessionClosedError(code, reason, remote=False))
 
     def _terminate(self, error: SessionClosedError) -> None:

@@ -9,8 +9,8 @@ Every test checks the bytes exactly and leaves no task behind (the autouse check
 * :mod:`.test_streams`: request/response through secondaries, thousands of streams (1,000 by
   default; the 10,000 of issue 17 on demand, see below), streams a secondary opens, several
   relays at once, relays recruited and removed mid-session;
-* :mod:`.test_ending`: the primary closing while relays write (with one known defect, an
-  xfail: the secondary then gets no EOF), the client closing while relays write, a relay's
+* :mod:`.test_ending`: the primary closing while relays write (the secondary still reads its
+  stream's end), the client closing while relays write, a relay's
   death mid-stream and recovery through the primary, relay data scheduled fairly with the
   primary's own bulk.
 

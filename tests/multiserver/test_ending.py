@@ -78,14 +78,6 @@ async def test_the_primary_closing_while_a_relay_writes_loses_nothing(
         assert secondary_app.written == [stream.stream_id]  # its writes all succeeded
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: the FIN sometimes leaves before the relay path closes (pool mode)
-    raises=AssertionError,
-    reason="defect: after the primary's graceful end, the client ends the session as soon as "
-    "the relay-written stream is complete and drops the FIN it owes the secondary (the "
-    "secondary gets SessionClosedError(code 0) instead of EOF); the client's own close() "
-    "delivers it (test_the_client_closing_waits_for_what_relays_still_write)",
-)
 async def test_after_the_primarys_graceful_end_the_secondary_reads_eof(
     make_server, client_tls, config
 ):
@@ -107,10 +99,10 @@ async def test_after_the_primarys_graceful_end_the_secondary_reads_eof(
         secondary_app.gate.set()
         assert await reader == content(15, 0, 20)
         await session.wait_closed()
-        await wait_until(lambda: secondary.sessions[0].is_closed)
-        with contextlib.suppress(TimeoutError):  # the secondary's task may need a turn
-            await wait_until(lambda: bool(secondary_app.eof), timeout=2)
+        await wait_until(lambda: bool(secondary_app.eof))  # its reader saw EOF
         assert secondary_app.eof == [stream.stream_id]
+        error = session.close_error
+        assert error is not None and error.code == 0 and error.remote, error
 
 
 async def test_the_client_closing_waits_for_what_relays_still_write(
