@@ -29,6 +29,7 @@ from kwik.protocol.events import (
     AddPathAnswered,
     ClosePath,
     DialRelay,
+    FinishClose,
     PathResumed,
     SendProbe,
     SessionTerminated,
@@ -793,7 +794,16 @@ def test_the_primarys_graceful_end_waits_for_what_relays_still_write() -> None:
     trio.s.finish(secondary, fin=False)
     settle(trio.relay)
     assert read_all(trio.c, stream) == b"P" * 100 + b"S" * 100
-    assert trio.c.error is not None and trio.c.error.code == 0  # then the session ends
+    # then the adapter is told to close gracefully: the FIN owed to the secondary goes first
+    finish = [e for e in drain(trio.c) if isinstance(e, FinishClose)]
+    assert len(finish) == 1 and finish[0].error.code == 0 and finish[0].error.remote
+    assert trio.c.error is None
+    settle(trio.relay)
+    assert read_all(trio.s, secondary) == b"go"  # then the secondary reads its stream's end
+    assert not trio.c.has_unsent()
+    trio.c.close(0, "")
+    error = trio.c.error
+    assert error is not None and error.code == 0 and error.remote  # the primary's error
 
 
 def test_the_primarys_graceful_end_gives_up_after_close_timeout() -> None:
