@@ -79,7 +79,7 @@ def test_piggybacked_ack_never_pushes_a_record_over_max_record_size(extended: bo
     assert max(len(r) - 4 for r in later) <= config.max_record_size
 
 
-@pytest.mark.parametrize("budget", [None], ids=["default"])
+@pytest.mark.parametrize("budget", [None, 64 * KIB], ids=["default", "budget-below-body"])
 def test_a_stream_written_out_of_order_beyond_the_window_is_delivered(
     extended: bool, budget: int | None
 ) -> None:

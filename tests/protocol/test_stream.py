@@ -86,6 +86,31 @@ def test_credit_means_nothing_to_a_sender_without_credit() -> None:
     assert ranges(frames(sender)) == [(0, 50)]
 
 
+def test_segments_written_out_of_order_send_the_lowest_sendable_first() -> None:
+    """The body is written first (at 16), then the header at 0: the header leaves first,
+    with or without credit."""
+    for credit in (None, 10_000):
+        sender = StreamSender(credit=credit)
+        sender.set_write_offset(16)
+        sender.write(b"B" * 100)
+        sender.set_write_offset(0)
+        sender.write(b"H" * 16)
+        assert ranges(frames(sender)) == [(0, 16), (16, 116)]
+
+
+def test_the_lowest_segment_within_credit_goes_first() -> None:
+    """Written at 5000, 3000 and 0 (in that order) with credit 4000: 0 first, then 3000, and
+    5000 waits for more credit."""
+    sender = StreamSender(credit=4000)
+    for offset in (5000, 3000, 0):
+        sender.set_write_offset(offset)
+        sender.write(b"s" * 100)
+    assert ranges(frames(sender)) == [(0, 100), (3000, 3100)]
+    assert not sender.sendable
+    sender.on_credit(5001)
+    assert ranges(frames(sender)) == [(5000, 5001)]  # as much as the credit allows
+
+
 def test_fin_rides_on_the_last_frame_at_the_final_offset() -> None:
     sender = StreamSender(credit=None)
     sender.write(b"d" * 1500)
