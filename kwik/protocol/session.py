@@ -719,7 +719,9 @@ class SessionCore:
             room = self.config.session_receive_buffer - self._committed
             new_start = max(frame.offset, recv.contiguous_end)  # below it is held already
             cost = max(end - new_start, 0)
-            waiting_reader = recv.reader_waiting and frame.offset <= recv.contiguous_end
+            waiting_reader = (
+                recv.reader_waiting and not recv.readable and frame.offset <= recv.contiguous_end
+            )
             if cost > room and not waiting_reader:
                 if room <= 0:
                     return Verdict.WAIT

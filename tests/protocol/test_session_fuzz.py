@@ -204,3 +204,27 @@ def test_an_add_path_address_longer_than_any_host_port_fails_the_path() -> None:
 
 
 # --- regressions: found by the fuzzer in the credit-extension core -----------------------------
+
+
+def test_a_waiting_reader_takes_one_frame_beyond_the_budget_not_every_frame() -> None:
+    """Found by the fuzzer (honest scenario, v2, seed 3; hostile machine: a read that waits,
+    then 18 packets of 613 bytes). On a KWIK v2 path a reader that waits with nothing to read
+    takes a frame whatever the session budget (so that it never waits on budget other streams
+    hold); but every later frame was taken too until the application read: 40 frames of 1,000
+    bytes put 40,000 bytes in a 10,000-byte budget. Now one frame, then the budget again."""
+    config = Config(stream_receive_buffer=4096, session_receive_buffer=10_000)
+    server = SessionCore(is_client=False, config=config)
+    path = server.add_path(primary=True, now=0.0)
+    server.receive_record(path, encode_packet(1, [OpenStreamFrame(1)]), 0.0)
+    stream = server.accept_stream()
+    assert stream is not None and server.read(stream, 10) is None  # the reader waits
+    data = [StreamFrame(1, i * 1000, False, bytes([i]) * 1000) for i in range(40)]
+    server.receive_record(path, encode_packet(2, data), 0.0)
+    assert server.receive_buffered <= config.session_receive_buffer + 1000
+    got = bytearray()
+    while len(got) < 40_000:  # nothing lost: reading lets the rest in
+        chunk = server.read(stream, MIB)
+        assert chunk
+        got += chunk
+        assert server.receive_buffered <= config.session_receive_buffer + 1000
+    assert bytes(got) == b"".join(f.data for f in data)
