@@ -873,6 +873,7 @@ class SessionCore:
                 self._schedule(stream.home_path, stream)
             return
         if stream.open_state is OpenState.CLOSED:
+            self._release(stream)  # its opener gave up: the credit it had goes back
             return
         if stream.open_attempts >= _MAX_OPEN_ATTEMPTS or self.error is not None:
             attempts = stream.open_attempts

@@ -228,3 +228,22 @@ def test_a_waiting_reader_takes_one_frame_beyond_the_budget_not_every_frame() ->
         got += chunk
         assert server.receive_buffered <= config.session_receive_buffer + 1000
     assert bytes(got) == b"".join(f.data for f in data)
+
+
+def test_an_abandoned_open_refused_later_gives_its_credit_back() -> None:
+    """Found by the fuzzer (accounting: budget in use with no stream held): the opener grants
+    its acceptor credit with the OpenStream; the application gives up waiting (abandon_open),
+    then the peer refuses. The stream was dropped, its credit kept: after two such streams a
+    2 MiB budget had nothing left and every new stream got no credit at all."""
+    config = Config(stream_receive_buffer=MIB, session_receive_buffer=2 * MIB)
+    client = SessionCore(is_client=True, config=config)
+    path = client.add_path(primary=True, now=0.0, extended=True)
+    for number in (1, 2):
+        stream = client.open_stream()
+        assert client.receive_buffered == MIB  # the credit it grants its acceptor
+        client.data_to_send(path, MIB, 0.0)
+        client.abandon_open(stream)
+        answer = OpenStreamRespFrame(stream.stream_id, False)
+        client.receive_record(path, encode_packet(number, [answer]), 0.0)
+        assert client.open_streams == 0 and client.receive_buffered == 0
+    assert client.open_stream().receiver.limit == MIB
