@@ -1280,10 +1280,16 @@ class SessionCore:
         Raises:
             PathError: this is a client session.
             SessionClosedError: the session is closed or closing.
+            ValueError: ``address`` is longer than any "host:port" (the client would take the
+                AddPath as a protocol violation).
         """
         self.check_open()
         if self.is_client:
             raise PathError("add_relay is for server sessions; the client dials what they ask")
+        if len(address) > MAX_ADDRESS_LENGTH:
+            raise ValueError(
+                f"relay address of {len(address)} characters (at most {MAX_ADDRESS_LENGTH})"
+            )
         primary = self._primary
         if primary is None or not primary.can_send:
             raise SessionClosedError(CLOSE_FAILURE, "no active path", remote=False)

@@ -22,8 +22,8 @@ from kwik.protocol import (
     decode_packet,
     encode_packet,
 )
-from kwik.protocol.events import ClosePath
-from kwik.protocol.session import SessionCore
+from kwik.protocol.events import ClosePath, DialRelay
+from kwik.protocol.session import MAX_ADDRESS_LENGTH, SessionCore
 
 from .helpers import KIB, MIB, drain, open_confirmed, pair, settle
 
@@ -247,3 +247,26 @@ def test_an_abandoned_open_refused_later_gives_its_credit_back() -> None:
         client.receive_record(path, encode_packet(number, [answer]), 0.0)
         assert client.open_streams == 0 and client.receive_buffered == 0
     assert client.open_stream().receiver.limit == MIB
+
+
+def test_a_relay_address_longer_than_any_host_port_is_refused_at_once() -> None:
+    """Found by the fuzzer's output check: request_relay took any address, so a server asking
+    for a relay at an address longer than any "host:port" sent an AddPath that the client takes
+    as a protocol violation (it fails the primary path: the session ends), or a record over
+    max_record_size. It is refused at once now, and the longest address the client takes
+    goes."""
+    config = Config(max_stream_frame_data=1024, max_record_size=1088)
+    server = SessionCore(is_client=False, config=config)
+    path = server.add_path(primary=True, now=0.0)
+    with pytest.raises(ValueError, match="at most"):
+        server.request_relay("a" * 1059)
+    assert server.table_sizes()["relay_asked"] == 0
+    longest = "b" * (MAX_ADDRESS_LENGTH - 4) + ":443"
+    server.request_relay(longest)
+    records = server.data_to_send(path, MIB, 0.0)
+    assert max(len(r) - 4 for r in records) <= config.max_record_size
+    client = SessionCore(is_client=True, config=config)
+    client.add_path(primary=True, now=0.0)
+    for record in records:
+        client.receive_record(1, record[8:], 0.0)
+    assert DialRelay(longest) in drain(client)
