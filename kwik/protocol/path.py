@@ -33,6 +33,7 @@ from ..config import Config
 from .acks import AckTracker
 from .frames import (
     AddPathFrame,
+    AddPathRespFrame,
     Frame,
     OpenStreamFrame,
     PingFrame,
@@ -208,7 +209,7 @@ class CorePath:
             return
         self._answers.append(frame)
         self._answer_bytes += _CONTROL_FRAME + (
-            len(frame.address) if isinstance(frame, AddPathFrame) else 0
+            len(frame.address) if isinstance(frame, AddPathFrame | AddPathRespFrame) else 0
         )
 
     @property

@@ -203,6 +203,31 @@ def test_an_add_path_address_longer_than_any_host_port_fails_the_path() -> None:
     assert max(len(r) - 4 for r in records) <= config.max_record_size
 
 
+def test_add_path_answers_stay_within_the_control_budget() -> None:
+    """Found by the fuzzer, twice: AddPath answers (AddPathResp) were queued without looking at
+    ``control_buffer``, so a peer that sends AddPath floods and never reads our output grew
+    the control queue without bound; and after the core's split the budget counted 24 bytes
+    per answer, not the address it echoes (40 AddPath frames of 250 characters on a relay
+    path: 10,960 bytes of answers queued at once with control_buffer=400). Now the frame waits
+    (nothing dropped) and the answers leave within the budget."""
+    config = Config(control_buffer=400)
+    client = SessionCore(is_client=True, config=config)
+    client.add_path(primary=True, now=0.0)
+    relay = client.add_path(primary=False, now=0.0)
+    client.data_to_send(relay, MIB, 0.0)
+    client.receive_record(relay, encode_packet(1, [AddPathFrame("a" * 250)] * 40), 0.0)
+    assert client.table_sizes()["waiting_frames"]  # the rest waits
+    answers: list[Frame] = []
+    for _ in range(100):
+        frames = _frames(client.data_to_send(relay, MIB, 0.0))
+        if not frames:
+            break
+        assert _answer_bytes(frames) <= config.control_buffer + 24 + 250
+        answers += [f for f in frames if isinstance(f, AddPathRespFrame)]
+    assert answers == [AddPathRespFrame(0, "a" * 250)] * 40
+    assert client.table_sizes()["waiting_frames"] == 0
+
+
 # --- regressions: found by the fuzzer in the credit-extension core -----------------------------
 
 
