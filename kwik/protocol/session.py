@@ -1137,7 +1137,7 @@ class SessionCore:
         if recv.readable:
             before = recv.commitment
             data = recv.read(n)
-            self._committed += recv.commitment - before
+            self._recommit(stream, before)
             self._after_read(stream)
             return data
         if recv.at_eof:
@@ -1152,6 +1152,13 @@ class SessionCore:
         if recv.readable or recv.at_eof:
             return self.read(stream, n)  # the retry delivered it: no wake-up to lose
         return None
+
+    def _recommit(self, stream: LogicalStream, before: int) -> None:
+        """Count the change of ``stream``'s commitment (from ``before``) in the session budget,
+        while the session holds it: a stream it forgot or refused gave its share back."""
+        sid = stream.stream_id
+        if self._streams.get(sid) is stream or self._opening.get(sid) is stream:
+            self._committed += stream.receiver.commitment - before
 
     def _after_read(self, stream: LogicalStream) -> None:
         self._grant(stream)
@@ -1175,7 +1182,7 @@ class SessionCore:
             return
         before = recv.commitment
         recv.cancel()
-        self._committed += recv.commitment - before
+        self._recommit(stream, before)
         self._starved.pop(stream, None)
         if recv.grant(U64_MAX):
             self._mark_credit(stream)
@@ -1192,7 +1199,7 @@ class SessionCore:
         recv = stream.receiver
         before = recv.commitment
         recv.skip_to(offset)
-        self._committed += recv.commitment - before
+        self._recommit(stream, before)
         self._events.append(StreamReadable(stream))
         self._after_read(stream)
 

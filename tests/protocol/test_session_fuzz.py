@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from kwik import Config
+from kwik import Config, StreamClosedError
 from kwik.protocol import (
     AckFrame,
     AddPathFrame,
@@ -295,3 +295,28 @@ def test_a_relay_address_longer_than_any_host_port_is_refused_at_once() -> None:
     for record in records:
         client.receive_record(1, record[8:], 0.0)
     assert DialRelay(longest) in drain(client)
+
+
+def test_cancelling_a_stream_its_path_took_away_leaves_the_budget_alone() -> None:
+    """Found by the fuzzer (accounting: receive_buffered=-1): a secondary's streams hold
+    out-of-order bytes when its path ends; the core forgets them (their share of the budget
+    goes back), but the application still holds their handles. cancel_read, skip_to and read
+    then gave the share back a second time: the budget went below zero and the session granted
+    more than session_receive_buffer."""
+    client = SessionCore(is_client=True, config=Config())
+    client.add_path(primary=True, now=0.0)
+    relay = client.add_path(primary=False, now=0.0)
+    held = [StreamFrame(sid, 100, False, b"x" * 500) for sid in (2, 4)]
+    client.receive_record(relay, encode_packet(1, held), 0.0)
+    first, second = client.accept_stream(), client.accept_stream()
+    assert first is not None and second is not None
+    assert client.receive_buffered == 1000
+    client.path_terminated(relay, 1, "gone", by_peer=True, now=1.0)
+    assert client.open_streams == 0 and client.receive_buffered == 0
+    client.cancel_read(first)
+    client.skip_to(second, 100)
+    assert second.receiver.readable == 500
+    with pytest.raises(StreamClosedError):
+        while True:
+            client.read(second, 100)
+    assert client.receive_buffered == 0
