@@ -897,7 +897,8 @@ class SessionCore:
         stream.open_state = OpenState.CLOSED
         stream.error = reason
         stream.sender.drop()
-        self._opening.pop(stream.stream_id, None)
+        if self._opening.get(stream.stream_id) is stream:  # (not an opener sharing its id)
+            del self._opening[stream.stream_id]
         if not stream.receiver.readable:
             self._forget(stream)
         self._events.append(StreamWritable(stream))

@@ -24,6 +24,7 @@ from kwik.protocol import (
 )
 from kwik.protocol.events import ClosePath, DialRelay
 from kwik.protocol.session import MAX_ADDRESS_LENGTH, SessionCore
+from kwik.protocol.stream import OpenState
 
 from .helpers import KIB, MIB, drain, open_confirmed, pair, settle
 
@@ -320,3 +321,28 @@ def test_cancelling_a_stream_its_path_took_away_leaves_the_budget_alone() -> Non
         while True:
             client.read(second, 100)
     assert client.receive_buffered == 0
+
+
+def test_a_relay_path_ending_keeps_the_clients_own_opener_of_the_same_id() -> None:
+    """Found by the fuzzer (accounting: budget in use with no stream held): the client opens
+    stream 1 on the primary; before the answer the secondary opens its own stream 1 on its
+    path (the client keeps its opener meanwhile; the peer's stream holds the id). When the relay
+    path ended, failing the secondary's stream also took the client's opener of id 1 out of the
+    table: its credit leaked and the primary's confirmation was ignored (open_stream would
+    have timed out)."""
+    client = SessionCore(is_client=True, config=Config())
+    primary = client.add_path(primary=True, now=0.0, extended=True)
+    relay = client.add_path(primary=False, now=0.0)
+    ours = client.open_stream()
+    client.data_to_send(primary, MIB, 0.0)
+    client.receive_record(relay, encode_packet(1, [OpenStreamFrame(ours.stream_id)]), 0.0)
+    theirs = client.accept_stream()
+    assert theirs is not None and theirs is not ours and theirs.stream_id == ours.stream_id
+    client.path_terminated(relay, 1, "gone", by_peer=True, now=1.0)
+    confirm = [OpenStreamRespFrame(ours.stream_id, True), StreamCreditFrame(ours.stream_id, 10)]
+    client.receive_record(primary, encode_packet(1, confirm), 1.0)
+    assert ours.open_state is OpenState.OPEN
+    assert client.receive_buffered == ours.receiver.commitment > 0
+    client.write(ours, b"still here")
+    sent = _frames(client.data_to_send(primary, MIB, 1.0), extended=True)
+    assert StreamFrame(ours.stream_id, 0, False, b"still here") in sent
