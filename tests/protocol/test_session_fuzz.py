@@ -17,6 +17,7 @@ from kwik.protocol import (
     Frame,
     OpenStreamFrame,
     OpenStreamRespFrame,
+    PingFrame,
     StreamCreditFrame,
     StreamFrame,
     decode_packet,
@@ -346,3 +347,22 @@ def test_a_relay_path_ending_keeps_the_clients_own_opener_of_the_same_id() -> No
     client.write(ours, b"still here")
     sent = _frames(client.data_to_send(primary, MIB, 1.0), extended=True)
     assert StreamFrame(ours.stream_id, 0, False, b"still here") in sent
+
+
+def test_control_records_with_an_ack_that_fills_a_record_stay_within_max_record_size() -> None:
+    """Found by the fuzzer's output check: the Ack is sized to fill a record alone (64 ranges
+    with max_record_size=1088); the echo and the OpenStreams queued with it made a control
+    record of L1=1089, which the peer's record reader rejects (the path fails). Control records
+    are cut by size now."""
+    config = Config(max_stream_frame_data=1024, max_record_size=1088, max_ack_ranges=64)
+    server = SessionCore(is_client=False, config=config)
+    path = server.add_path(primary=True, now=0.0)
+    server.open_stream()
+    server.open_stream()
+    for number in range(2, 400, 2):  # gapped: more ranges than an Ack lists
+        server.receive_record(path, encode_packet(number, [PingFrame()]), 0.0)
+    records = server.data_to_send(path, MIB, 1.0)
+    assert max(len(r) - 4 for r in records) <= config.max_record_size
+    frames = _frames(records)
+    assert PingFrame() in frames and frames.count(OpenStreamFrame(1)) == 1
+    assert any(isinstance(f, AckFrame) and len(f.ranges) == 64 for f in frames)
