@@ -18,6 +18,7 @@ from kwik.protocol import (
     OpenStreamFrame,
     OpenStreamRespFrame,
     PingFrame,
+    RelayDataFrame,
     StreamCreditFrame,
     StreamFrame,
     decode_packet,
@@ -79,6 +80,32 @@ def test_piggybacked_ack_never_pushes_a_record_over_max_record_size(extended: bo
     later = client.data_to_send(path, MIB, config.ack_interval)
     assert any(isinstance(f, AckFrame) for f in _frames(records + later, extended=extended))
     assert max(len(r) - 4 for r in later) <= config.max_record_size
+
+
+def test_relay_data_for_new_streams_stays_within_the_relay_paths_control_budget() -> None:
+    """Found by the fuzzer: each RelayData for a new destination stream queues an OpenStream on
+    the relay path, and an empty one costs nothing against ``relay_buffer``, so a primary could
+    make the client queue any number of OpenStream frames (300 empty RelayData frames: 10,200
+    bytes queued with control_buffer=400). Now a KWIK v2 primary's RelayData waits for the
+    relay path, and goes on as the relay path's answers leave, nothing dropped (found by the
+    fuzzer's progress check after the core's split: once the first answers left, the RelayData
+    that waited was never retried, and the primary path's data stopped for good)."""
+    config = Config(control_buffer=400, max_streams=1000)
+    client = SessionCore(is_client=True, config=config)
+    primary = client.add_path(primary=True, now=0.0)
+    relay = client.add_path(primary=False, now=0.0)
+    flood = encode_packet(1, [RelayDataFrame(relay, sid, b"") for sid in range(1, 301)])
+    client.receive_record(primary, flood, 0.0)
+    assert client.table_sizes()["waiting_frames"]  # back-pressure on the primary
+    opened: list[int] = []
+    for _ in range(100):
+        frames = _frames(client.data_to_send(relay, MIB, 0.0))
+        if not frames:
+            break
+        assert _answer_bytes(frames) <= config.control_buffer + 24
+        opened += [f.stream_id for f in frames if isinstance(f, OpenStreamFrame)]
+    assert opened == list(range(1, 301))  # nothing dropped
+    assert client.table_sizes()["waiting_frames"] == 0 and client.wants_records(primary)
 
 
 @pytest.mark.parametrize("budget", [None, 64 * KIB], ids=["default", "budget-below-body"])
