@@ -393,3 +393,23 @@ def test_control_records_with_an_ack_that_fills_a_record_stay_within_max_record_
     frames = _frames(records)
     assert PingFrame() in frames and frames.count(OpenStreamFrame(1)) == 1
     assert any(isinstance(f, AckFrame) and len(f.ranges) == 64 for f in frames)
+
+
+def test_relay_data_before_any_relay_credit_fails_an_extended_primary() -> None:
+    """Found by the fuzzer (relay backlog over relay_buffer): with the credit extension a
+    primary relays only within the RelayCredit the client granted for that relay path, but a
+    relay path with no grant yet was not checked at all: RelayData sent ahead of the client's
+    AddPathResp (the ids are sequential), or while its RelayCredit could not leave, grew the
+    client's backlog without bound. No grant is no credit; a relay path the client does not
+    have is still ignored."""
+    config = Config(relay_buffer=64 * KIB)
+    client = SessionCore(is_client=True, config=config)
+    primary = client.add_path(primary=True, now=0.0, extended=True)
+    relay = client.add_path(primary=False, now=0.0, extended=True)
+    drain(client)
+    unknown = RelayDataFrame(relay + 5, 5, b"r" * 1000)
+    client.receive_record(primary, encode_packet(1, [unknown]), 0.0)
+    assert not any(isinstance(e, ClosePath) for e in drain(client))
+    client.receive_record(primary, encode_packet(2, [RelayDataFrame(relay, 5, b"r")]), 0.0)
+    closes = [e for e in drain(client) if isinstance(e, ClosePath)]
+    assert closes and closes[0].path_id == primary and "RelayCredit" in closes[0].reason
