@@ -1015,6 +1015,7 @@ class SessionCore:
             requester = self._paths.get(requester_id)
             if requester is not None:
                 self._answer_add_path(requester, path_id, address)
+        self._room_freed()  # duplicates of the AddPath that waited for this dial go on
 
     def _on_add_path_resp(self, path: CorePath, frame: AddPathRespFrame) -> None:
         if self.is_client:

@@ -257,6 +257,37 @@ def test_add_path_answers_stay_within_the_control_budget() -> None:
     assert client.table_sizes()["waiting_frames"] == 0
 
 
+def test_duplicate_add_path_answers_pending_a_dial_are_bounded() -> None:
+    """Found by the fuzzer (10-minute run): AddPath frames repeating an address being dialled
+    are each answered when the dial ends, all at once, so a flood of duplicates queued any
+    number of answers in one go (24 duplicates: 1,296 bytes with control_buffer=200). Beyond
+    control_buffer of such pending answers the frame now waits. And (found by the fuzzer's
+    progress check after the core's split) the duplicates that waited were never retried once
+    the dial ended: they waited for ever, and the path's later AddPaths behind them."""
+    config = Config(control_buffer=200)
+    client = SessionCore(is_client=True, config=config)
+    primary = client.add_path(primary=True, now=0.0)
+    client.data_to_send(primary, MIB, 0.0)
+    address = "10.0.0.1:443"
+    client.receive_record(primary, encode_packet(1, [AddPathFrame(address)] * 24), 0.0)
+    assert client.table_sizes()["waiting_frames"]  # the duplicates beyond the budget wait
+    answers = []
+    dials = 0
+    for _ in range(100):
+        # each dial fails; the duplicates that waited then ask again (a new dial)
+        while (event := client.next_event()) is not None:
+            if isinstance(event, DialRelay):
+                dials += 1
+                client.add_path_result(event.address, 0)
+        frames = _frames(client.data_to_send(primary, MIB, 0.0))
+        assert _answer_bytes(frames) <= 2 * config.control_buffer + 64
+        answers += [f for f in frames if isinstance(f, AddPathRespFrame)]
+        if not frames and not client.has_events:
+            break
+    assert answers == [AddPathRespFrame(0, address)] * 24  # every AddPath answered
+    assert dials >= 2 and client.table_sizes()["waiting_frames"] == 0
+
+
 # --- regressions: found by the fuzzer in the credit-extension core -----------------------------
 
 
