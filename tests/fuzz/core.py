@@ -1963,8 +1963,23 @@ class Honest:
             d.wire or d.reader.buffered for link in self.links for _, _, d in link.out.values()
         )
 
+    def settle(self) -> None:
+        """Exchange everything the cores still have to send (echoes, Acks, credit)."""
+        for _ in range(50):
+            moved = STATS.records_out
+            for link in self.links:
+                for sender, _, direction in link.out.values():
+                    self.pull(link, sender, 1 << 30)
+                    self.deliver(direction, 1 << 30)
+            self.events()
+            self.check_all()
+            if STATS.records_out == moved:
+                return
+
     def check_ended(self) -> None:
-        """Every stream ended for every party: every table is empty again, every budget free."""
+        """Every stream ended for every party: every table is empty again, every budget free,
+        nothing left to send once the links settled."""
+        self.settle()
         for core in self.cores:
             name = self.names[id(core)]
             sizes = {k: v for k, v in core.table_sizes().items() if k != "retired" and v}
