@@ -493,3 +493,28 @@ def test_relay_data_before_any_relay_credit_fails_an_extended_primary() -> None:
     client.receive_record(primary, encode_packet(2, [RelayDataFrame(relay, 5, b"r")]), 0.0)
     closes = [e for e in drain(client) if isinstance(e, ClosePath)]
     assert closes and closes[0].path_id == primary and "RelayCredit" in closes[0].reason
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, found by the fuzzer (honest scenario, credit, seed 4239772063): "
+    "bytes written out of order that start within the peer's credit count against "
+    "stream_send_buffer in full, so a writer waits for them before it writes the bytes the "
+    "reader needs first, and they never drain",
+)
+def test_a_body_written_before_its_header_does_not_stop_the_writer() -> None:
+    """Under credit the application writes a 1 MiB body at offset 16, then would go back to
+    write the header (the reader's first 16 bytes). ``Stream.write`` returns once
+    ``send_pending`` is within ``stream_send_buffer``; but the body starts within the credit,
+    so it all counts, and the part beyond the credit can only leave once the reader has the
+    header: the writer waits for ever (with the defaults, for any body over 2 MiB). On a
+    KWIK v2 path the body leaves without credit and the writer goes on."""
+    config = Config(stream_receive_buffer=64 * KIB, stream_send_buffer=256 * KIB)
+    client, server, link = pair(config)
+    stream, accepted = open_confirmed(client, server, link)
+    client.set_write_offset(stream, 16)
+    client.write(stream, bytes(MIB))
+    for _ in range(50):  # what Stream.write's drain() waits for
+        settle(link)
+        server.read(accepted, MIB)
+    assert client.send_pending(stream) <= config.stream_send_buffer
