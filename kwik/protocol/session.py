@@ -717,7 +717,8 @@ class SessionCore:
         elif not force and frame.data and not recv.cancelled:
             # KWIK v2: the stream's window is soft, the session budget is not
             room = self.config.session_receive_buffer - self._committed
-            new_start = max(frame.offset, recv.contiguous_end)  # below it is held already
+            # below it is held already, or reserved by the credit other writers have
+            new_start = max(frame.offset, recv.contiguous_end, recv.limit)
             cost = max(end - new_start, 0)
             waiting_reader = (
                 recv.reader_waiting and not recv.readable and frame.offset <= recv.contiguous_end

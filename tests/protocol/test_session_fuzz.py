@@ -31,7 +31,7 @@ from kwik.protocol.session import MAX_ADDRESS_LENGTH, SessionCore
 from kwik.protocol.stream import OpenState
 from tests.fuzz.core import STATS, HostileCoreMachine, run_honest
 
-from .helpers import KIB, MIB, drain, open_confirmed, pair, settle
+from .helpers import KIB, MIB, Trio, drain, open_confirmed, pair, settle
 
 
 @pytest.fixture(params=[True, False], ids=["credit", "v2"])
@@ -518,3 +518,37 @@ def test_a_body_written_before_its_header_does_not_stop_the_writer() -> None:
         settle(link)
         server.read(accepted, MIB)
     assert client.send_pending(stream) <= config.stream_send_buffer
+
+
+def test_a_v2_relay_writes_into_credit_the_primary_holds_without_paying_twice() -> None:
+    """Found by the fuzzer (honest scenario, mixed, seed 1092804511): the client grants the
+    stream credit on the (extended) primary path, here its whole session budget; a KWIK v2
+    relay writes the stream's tail, out of order. The core charged the relay's bytes against
+    the budget even under the credit limit, where the budget is already reserved for them:
+    with no room left, the relay's first frame waited at the head of its path for ever, with
+    the bytes that fill the gap behind it."""
+    config = Config(stream_receive_buffer=16 * KIB, session_receive_buffer=16 * KIB)
+    trio = Trio(config, extended=True, relay_extended=False)
+    stream = trio.p.open_stream()
+    trio.settle()
+    accepted = trio.c.accept_stream()
+    assert accepted is not None and trio.c.receive_buffered == 16 * KIB  # all of it credit
+    trio.p.relay_send(trio.relay_id, stream.stream_id, b"go")
+    trio.p.finish(stream, fin=False)  # the primary's part is empty: the relay writes it all
+    trio.settle()
+    secondary = trio.s.accept_stream()
+    assert secondary is not None and trio.s.read(secondary, 10) == b"go"
+    trio.s.set_write_offset(secondary, 10)
+    trio.s.write(secondary, b"T" * 100)  # the end first
+    trio.settle()
+    trio.s.set_write_offset(secondary, 0)
+    trio.s.write(secondary, b"S" * 10)
+    trio.s.finish(secondary)
+    got = bytearray()
+    for _ in range(20):
+        trio.settle()
+        data = trio.c.read(accepted, MIB)
+        if data == b"":
+            break
+        got += data or b""
+    assert bytes(got) == b"S" * 10 + b"T" * 100
