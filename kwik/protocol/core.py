@@ -199,7 +199,7 @@ class PathCore(ABC):
             for record in path.encode_control(frames):
                 out.append(record)
                 room -= len(record)
-            if had_answers and path.control_waiting:
+            if had_answers and self._waiting_paths:  # (this or another path may wait on it)
                 self._room_freed()
         ring = self._rings.get(path_id)
         freed = False

@@ -33,11 +33,13 @@ from ..config import Config
 from .acks import AckTracker
 from .frames import (
     AddPathFrame,
+    AddPathRespFrame,
     Frame,
     OpenStreamFrame,
     PingFrame,
     RelayDataFrame,
     StreamFrame,
+    encode_packet,
     encode_record,
 )
 from .liveness import Liveness
@@ -46,8 +48,10 @@ __all__ = ["CorePath", "PathCounters", "Rest", "Verdict", "frame_copy"]
 
 #: Encoded size of a control frame, for the control budget (its fields; an address on top).
 _CONTROL_FRAME = 24
-#: Control frames per record at most (records stay far below any max_record_size).
+#: Control frames per record at most.
 _CONTROL_FRAMES_PER_RECORD = 512
+#: What a record's outer length L1 counts besides its frames: the inner prefix and the header.
+_RECORD_FIXED = 4 + 17
 
 
 class Verdict(Enum):
@@ -122,6 +126,7 @@ class CorePath:
         "extended",
         "failing",
         "liveness",
+        "max_record_size",
         "next_packet_number",
         "output_blocked",
         "path_id",
@@ -162,6 +167,7 @@ class CorePath:
             now=now,
         )
         self.next_packet_number = 1
+        self.max_record_size = config.max_record_size
         self.control_buffer = config.control_buffer
         self.wait_limit = config.path_receive_window
         self.stats = PathCounters()
@@ -208,7 +214,7 @@ class CorePath:
             return
         self._answers.append(frame)
         self._answer_bytes += _CONTROL_FRAME + (
-            len(frame.address) if isinstance(frame, AddPathFrame) else 0
+            len(frame.address) if isinstance(frame, AddPathFrame | AddPathRespFrame) else 0
         )
 
     @property
@@ -236,9 +242,25 @@ class CorePath:
         return encode_record(number, frames)
 
     def encode_control(self, frames: list[Frame]) -> list[bytes]:
-        """Encode control frames as records of a bounded size."""
-        step = _CONTROL_FRAMES_PER_RECORD
-        return [self.encode(frames[i : i + step]) for i in range(0, len(frames), step)]
+        """Encode control frames as records within ``max_record_size`` (the Ack the tracker
+        builds may fill a record alone: it then gets one of its own)."""
+        if len(frames) <= 1:
+            return [self.encode(frames)] if frames else []  # (the common case: one frame fits)
+        records: list[bytes] = []
+        batch: list[Frame] = []
+        size = _RECORD_FIXED
+        for frame in frames:
+            n = len(encode_packet(0, [frame])) - 17
+            if batch and (
+                len(batch) >= _CONTROL_FRAMES_PER_RECORD or size + n > self.max_record_size
+            ):
+                records.append(self.encode(batch))
+                batch, size = [], _RECORD_FIXED
+            batch.append(frame)
+            size += n
+        if batch:
+            records.append(self.encode(batch))
+        return records
 
     def drop_output(self) -> None:
         """Nothing more will be sent on this path."""

@@ -275,9 +275,9 @@ class Forwarder:
     def check_credit(self, frame: RelayDataFrame) -> None:
         """Raise when a primary bound by RelayCredit relayed beyond it."""
         path_id = frame.relay_path_id
-        granted = self.granted.get(path_id)
-        if granted is None:
-            return  # no credit was ever granted for it: an unknown or ended relay path
+        if path_id not in self.backlog:
+            return  # an unknown or ended relay path: what it relays is dropped
+        granted = self.granted.get(path_id, 0)  # none advertised yet: none granted
         if self.received.get(path_id, 0) + len(frame.data) > granted:
             raise ProtocolViolationError(
                 f"RelayData for path {path_id} beyond the RelayCredit granted ({granted})"

@@ -324,7 +324,7 @@ class SessionCore(PathCore):
                 return Verdict.WAIT  # too many separate pieces: wait until the gaps fill
             recv.raise_fragment_cap()  # a dead path's leftovers are taken whatever
             recv.take(frame)
-        self._budget.track(recv, before)
+        self._track(stream, before)
         self._after_receive(stream)
         return rest
 
@@ -426,6 +426,7 @@ class SessionCore(PathCore):
             return
         self._table.opening.pop(stream.stream_id, None)
         if stream.open_state is OpenState.CLOSED:
+            self._budget.release(stream)  # its opener gave up: the credit it had goes back
             return
         if stream.open_attempts >= _MAX_OPEN_ATTEMPTS or self.error is not None:
             attempts = stream.open_attempts
@@ -454,7 +455,8 @@ class SessionCore(PathCore):
         stream.open_state = OpenState.CLOSED
         stream.error = reason
         stream.sender.drop()
-        self._table.opening.pop(stream.stream_id, None)
+        if self._table.opening.get(stream.stream_id) is stream:  # (not an opener sharing its id)
+            del self._table.opening[stream.stream_id]
         if not stream.receiver.readable:
             self._forget(stream)
         self._events.append(StreamWritable(stream))
@@ -559,6 +561,7 @@ class SessionCore(PathCore):
             requester = self._paths.get(requester_id)
             if requester is not None:
                 self._answer_add_path(requester, path_id, address)
+        self._room_freed()  # duplicates of the AddPath that waited for this dial go on
 
     def _on_add_path_resp(self, path: CorePath, frame: AddPathRespFrame) -> None:
         if self.is_client or not self._outbox.unask(frame.address):
@@ -662,7 +665,7 @@ class SessionCore(PathCore):
         if recv.readable:
             before = recv.commitment
             data = recv.read(n)
-            self._budget.track(recv, before)
+            self._track(stream, before)
             self._after_read(stream)
             return data
         if recv.at_eof:
@@ -677,6 +680,13 @@ class SessionCore(PathCore):
         if recv.readable or recv.at_eof:
             return self.read(stream, n)  # the retry delivered it: no wake-up to lose
         return None
+
+    def _track(self, stream: LogicalStream, before: int) -> None:
+        """Count the change of ``stream``'s commitment (from ``before``) in the session budget,
+        while the session holds it: a stream it forgot or refused gave its share back."""
+        sid = stream.stream_id
+        if self._table.live.get(sid) is stream or self._table.opening.get(sid) is stream:
+            self._budget.track(stream.receiver, before)
 
     def _after_read(self, stream: LogicalStream) -> None:
         self._grant(stream)
@@ -700,7 +710,7 @@ class SessionCore(PathCore):
             return
         before = recv.commitment
         recv.cancel()
-        self._budget.track(recv, before)
+        self._track(stream, before)
         self._budget.starved.pop(stream, None)
         if recv.grant(U64_MAX):
             self._mark_credit(stream)
@@ -717,7 +727,7 @@ class SessionCore(PathCore):
         recv = stream.receiver
         before = recv.commitment
         recv.skip_to(offset)
-        self._budget.track(recv, before)
+        self._track(stream, before)
         self._events.append(StreamReadable(stream))
         self._after_read(stream)
 
@@ -795,10 +805,16 @@ class SessionCore(PathCore):
         Raises:
             PathError: this is a client session.
             SessionClosedError: the session is closed or closing.
+            ValueError: ``address`` is longer than any "host:port" (the client would take the
+                AddPath as a protocol violation).
         """
         self.check_open()
         if self.is_client:
             raise PathError("add_relay is for server sessions; the client dials what they ask")
+        if len(address) > MAX_ADDRESS_LENGTH:
+            raise ValueError(
+                f"relay address of {len(address)} characters (at most {MAX_ADDRESS_LENGTH})"
+            )
         primary = self._primary
         if primary is None or not primary.can_send:
             raise SessionClosedError(CLOSE_FAILURE, "no active path", remote=False)

@@ -212,11 +212,17 @@ class StreamSender:
         return dropped
 
     def _first_sendable(self) -> list[int | bytearray] | None:
+        """The buffered run at the lowest offset that credit lets go (written out of order,
+        the bytes a reader needs first leave first)."""
         credit = self.credit
+        best: list[int | bytearray] | None = None
+        lowest = 0
         for segment in self._segments:
-            if credit is None or segment[0] < credit:  # type: ignore[operator]
-                return segment
-        return None
+            offset = segment[0]
+            assert isinstance(offset, int)
+            if (credit is None or offset < credit) and (best is None or offset < lowest):
+                best, lowest = segment, offset
+        return best
 
     def next_frame(self, stream_id: int, max_size: int) -> StreamFrame | None:
         """The next frame to send (at most ``max_size`` data bytes), or None when nothing can

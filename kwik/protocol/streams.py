@@ -177,10 +177,16 @@ class ReceiveBudget:
         wait) or the number of its bytes that fit. A frame that fills the gap a waiting reader
         waits at is always taken (a reader never waits on the budget other streams hold)."""
         end = frame.offset + len(frame.data)
-        new_start = max(frame.offset, recv.contiguous_end)  # below it is held already
+        # below it is held already, or reserved by the credit other writers have
+        new_start = max(frame.offset, recv.contiguous_end, recv.limit)
         cost = max(end - new_start, 0)
         room = self.room
-        if cost <= room or (recv.reader_waiting and frame.offset <= recv.contiguous_end):
+        # a reader waiting with nothing to read takes one frame beyond the budget, not every
+        # frame until it reads
+        waiting_reader = (
+            recv.reader_waiting and not recv.readable and frame.offset <= recv.contiguous_end
+        )
+        if cost <= room or waiting_reader:
             return None
         if room <= 0:
             return 0

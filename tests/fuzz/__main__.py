@@ -1,10 +1,12 @@
 """Run the session-core fuzzers for a while: ``python -m tests.fuzz --minutes N``.
 
-Alternates batches of the hostile-peer state machine (hypothesis, random seeds) and of the
-honest multi-server scenario (seeded), prints a progress line every ``--progress`` seconds and
+Alternates batches of the hostile-peer state machine (hypothesis, random seeds; its paths
+with and without the credit extension) and of the honest multi-server scenario (seeded, each
+seed in every mode: credit, v2, mixed), prints a progress line every ``--progress`` seconds and
 a summary at the end. Exits 1 on the first invariant violation or unexpected exception, after
 printing what reproduces it: the falsifying program (hypothesis prints it, with a
-``@reproduce_failure`` blob) or the honest scenario's seed (``--honest-seed S`` replays it).
+``@reproduce_failure`` blob) or the honest scenario's seed and mode (``--honest-seed S
+--mode M`` replays it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import traceback
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from .core import STATS, HostileCoreMachine, run_honest
+from .core import MODES, STATS, HostileCoreMachine, run_honest
 
 #: Examples per hypothesis batch (a new random seed each batch).
 _HOSTILE_BATCH = 40
@@ -51,11 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=["hostile", "honest"], default=None, help="run one fuzzer only"
     )
     parser.add_argument("--honest-seed", type=int, default=None, help="replay one scenario")
+    parser.add_argument(
+        "--mode", choices=MODES, default=None, help="honest scenarios in this mode only"
+    )
     args = parser.parse_args(argv)
+    modes = [args.mode] if args.mode else list(MODES)
 
     if args.honest_seed is not None:
-        run_honest(args.honest_seed)
-        print(f"honest seed {args.honest_seed}: ok ({STATS.line()})")
+        for mode in modes:
+            run_honest(args.honest_seed, mode)
+            print(f"honest seed {args.honest_seed} ({mode}): ok ({STATS.line()})")
         return 0
 
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + args.minutes * 60
     next_line = start + args.progress
     failure: str | None = None
+    current, mode = seed, modes[0]
     turn = 0
     while time.monotonic() < deadline and failure is None:
         kind = args.only or ("hostile" if turn % 2 == 0 else "honest")
@@ -75,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(_HONEST_BATCH):
                     current = seed
                     seed += 1
-                    run_honest(current)
+                    for mode in modes:
+                        run_honest(current, mode)
         except Exception:  # every failure is reported the same way, with its reproduction
             traceback.print_exc()
             failure = (
                 "hostile machine: the falsifying program is printed above"
                 if kind == "hostile"
-                else f"honest scenario: replay with python -m tests.fuzz --honest-seed {current}"
+                else "honest scenario: replay with python -m tests.fuzz "
+                f"--honest-seed {current} --mode {mode}"
             )
         now = time.monotonic()
         if now >= next_line:
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         f"summary: {elapsed:.0f} s, {STATS.examples} examples ({STATS.honest_runs} honest "
         f"scenarios, {STATS.honest_bytes:,} stream bytes delivered and checked), {inputs:,} "
         f"inputs (steps), {STATS.records_in:,} records fed, {STATS.records_out:,} records "
-        f"emitted and decoded, {STATS.checks:,} invariant checks, "
+        f"emitted and decoded, {STATS.checks:,} invariant checks, {STATS.violations:,} "
+        f"protocol violations answered, {STATS.credited_frames:,} data frames checked against "
+        f"credit, "
         f"crashes: {0 if failure is None else 1}"
     )
     if failure is not None:
