@@ -209,6 +209,13 @@ class Stream:
         This is how a primary and a secondary server fill disjoint parts of one stream. Bytes
         already written keep their offsets.
 
+        One writer filling its own stream out of order (a body, then its header before it)
+        should keep the part it writes ahead small: what lies within the reader's credit
+        counts against ``stream_send_buffer`` like any written byte, and the bytes beyond it
+        cannot leave before the reader has what comes first. A part ahead larger than the
+        reader's window plus ``stream_send_buffer`` makes :meth:`write` wait for bytes only
+        this writer can write: write the header first, or the body in parts.
+
         Raises:
             ValueError: ``offset`` is negative or beyond 2**64-1.
             StreamClosedError: the stream is closed for writing.
