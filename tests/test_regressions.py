@@ -566,10 +566,12 @@ async def test_a_path_kwik_fails_itself_delivers_what_had_arrived(config, alpn) 
     tls = dataclasses.replace(CLIENT_TLS, alpn_protocols=alpn)
     async with asyncio.timeout(60):
         listener = await kwik.listen_addr("127.0.0.1:0", SERVER_TLS, cfg)
+        served: list[kwik.Stream] = []
 
         async def serve() -> None:
             session = await listener.accept()
             stream = await session.accept_stream()
+            served.append(stream)
             await stream.readexactly(1)
             await stream.write(payload)
             await stream.close()
@@ -580,10 +582,26 @@ async def test_a_path_kwik_fails_itself_delivers_what_had_arrived(config, alpn) 
         await stream.write(b"?")
         path = client._primary
         assert path is not None
-        # everything the server may send has reached the client's transport: all of it
-        # (KWIK v2), or the stream's credit (the extension); the application has read nothing
-        expected = len(payload) if alpn == ("kwik",) else cfg.stream_receive_buffer
-        await wait_until(lambda: path.bytes_received >= expected)
+        await wait_until(lambda: bool(served))
+        sender = served[0]._state.sender
+
+        def everything_sendable_arrived() -> bool:
+            # all of it (KWIK v2), or up to the stream's credit (the extension), handed to QUIC,
+            # acknowledged, and every byte of it in the client's transport; the application
+            # has read nothing
+            sp = served[0]._session._primary
+            return (
+                sender.bytes_written == len(payload)
+                and not sender.sendable
+                and (sender.done or alpn != ("kwik",))  # v2: the FIN went too
+                and sp is not None
+                and sp.unacked_bytes() == 0
+                and sp.bytes_sent == path.bytes_received
+            )
+
+        await wait_until(everything_sendable_arrived)
+        expected = sender.bytes_written - sender.buffered  # the payload bytes that went
+        assert expected >= (len(payload) if alpn == ("kwik",) else cfg.stream_receive_buffer)
         held = path.records_buffered
         assert path._endpoint is not None
         path._endpoint.pause_reading()  # the peer is gone: not one more datagram
