@@ -204,7 +204,7 @@ def test_skips_name_the_extra_the_readme_names() -> None:
         "optional-dependencies"
     ]
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_EXTRAS, "-q", "-rs", "-p", "no:cacheprovider",
+        [sys.executable, "-c", WITHOUT_EXTRAS, "-q", "-rs", "-n", "0", "-p", "no:cacheprovider",
          "tests/test_packaging.py", "tests/test_plots.py", "tests/test_docs.py"],
         cwd=ROOT,
         capture_output=True,

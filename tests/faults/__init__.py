@@ -1,6 +1,6 @@
 """kwik's own fault suite (issue 11): what must keep working when the network or a peer fails.
 
-Every test here carries the ``faults`` marker (``pytest -m faults`` runs only them; they run by
+Every test here carries the ``faults`` marker (``pytest -n 0 -m faults`` runs only them; they run by
 default too). Modules:
 
 * :mod:`.test_loss`: random loss (``iptables -m statistic``) between network namespaces:

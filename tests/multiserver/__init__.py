@@ -15,5 +15,5 @@ Every test checks the bytes exactly and leaves no task behind (the autouse check
   primary's own bulk.
 
 On demand: the test marked ``slow`` (10,000 streams) is left out of the README's command
-(``addopts`` in ``pyproject.toml``); ``python3 -m pytest -m slow`` runs it, and CI does.
+(``addopts`` in ``pyproject.toml``); ``python3 -m pytest -n 0 -m slow`` runs it, and CI does.
 """

@@ -147,7 +147,7 @@ async def test_a_thousand_two_server_streams_leave_every_table_as_after_ten(
         await many_streams(make_server, client_tls, config, 1000)
 
 
-@pytest.mark.slow  # left out of the README's command: python3 -m pytest -m slow
+@pytest.mark.slow  # left out of the README's command: python3 -m pytest -n 0 -m slow
 @pytest.mark.timeout(600)
 async def test_ten_thousand_two_server_streams_leave_every_table_as_after_ten(
     make_server, client_tls, config
