@@ -163,6 +163,9 @@ class Path:
         self._resume_handle: asyncio.Handle | None = None
         self._local_close = False
         self.window_blocked = False
+        #: the transport state (in flight, PTO, withholding, blocked) the owner last told its
+        #: session core; the owner's to read and write (it reports only changes)
+        self.reported_transport: tuple[bool, float, bool, bool] | None = None
         self._ping_uid = 0
         # statistics
         self.bytes_sent = 0

@@ -462,6 +462,16 @@ class Session:
             self._notify_progress()
 
     def _path_transmitted(self, path: Path, in_flight: bool, pto: float) -> None:
+        # our Ping cannot have reached the peer's KWIK layer while records sent before it are
+        # not all acknowledged (QUIC is still retransmitting them) or while the peer's flow
+        # control holds them back: an echo cannot be expected yet
+        blocked = path.send_blocked or path.unacked_bytes() > 0
+        state = (in_flight, pto, path.withholding, blocked)
+        if state == path.reported_transport:
+            # the core already has this state (telling it again changes nothing): a round trip
+            # transmits about three times, and this is the hot path
+            return
+        path.reported_transport = state
         with self._driving() as core:
             core.on_transport(
                 path.path_id,
@@ -469,10 +479,7 @@ class Session:
                 in_flight=in_flight,
                 pto=pto,
                 withholding=path.withholding,
-                # our Ping cannot have reached the peer's KWIK layer while records sent before
-                # it are not all acknowledged (QUIC is still retransmitting them) or while the
-                # peer's flow control holds them back: an echo cannot be expected yet
-                blocked=path.send_blocked or path.unacked_bytes() > 0,
+                blocked=blocked,
             )
 
     def _path_terminated(self, path: Path, *, deliver: bool = True) -> None:
