@@ -1,12 +1,15 @@
 """The fault suite's machinery: peer processes, certificates, namespaces with random loss.
 
-* :class:`PeerProcess`: one ``python -m tests.faults.peer`` process (optionally inside a network
-  namespace), its ready line parsed, always killed and reaped by :meth:`PeerProcess.stop`.
+* :class:`PeerProcess`: one ``python -m tests.faults.peer`` process (or another module's, e.g.
+  the raw aioquic server of :mod:`.rawquic`), optionally inside a network namespace, its ready
+  line parsed, frozen and thawed on demand (SIGSTOP, SIGCONT), always killed and reaped by
+  :meth:`PeerProcess.stop`.
 * :class:`LossLab`: ``servers`` network namespaces, each behind its own unshaped veth pair in
   198.18.0.0/15 (built by :class:`benchmarks.netns.Testbed`); the client stays in the root
   namespace. :meth:`LossLab.loss` installs ``iptables -m statistic --mode random`` DROP rules in
-  both directions inside a server namespace and removes them by their exact spec afterwards;
-  deleting the namespaces (always, in ``__exit__``) removes anything left.
+  both directions inside a server namespace, :meth:`LossLab.blackout` rules dropping every
+  packet (total silence); both remove their rules by their exact spec afterwards, and deleting
+  the namespaces (always, in ``__exit__``) removes anything left.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,6 +37,7 @@ __all__ = [
     "REPO_ROOT",
     "Certificates",
     "LossLab",
+    "Outage",
     "PeerProcess",
     "loss_unavailable_reason",
 ]
@@ -39,6 +45,8 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Tag of every iptables rule this module adds (rules are removed by their exact spec).
 RULE_COMMENT = "kwik-faults-loss"
+#: Tag of the rules of a blackout (every packet dropped).
+BLACKOUT_COMMENT = "kwik-faults-blackout"
 
 
 class Certificates:
@@ -63,7 +71,7 @@ class Certificates:
 
 
 class PeerProcess:
-    """A running ``python -m tests.faults.peer`` process.
+    """A running ``python -m tests.faults.peer`` process (or ``python -m <module>``).
 
     :meth:`start` waits (bounded) for its first JSON line, kept in :attr:`ready`; stderr goes to
     a temporary file whose tail failure messages quote. :meth:`stop` kills and reaps it and
@@ -86,7 +94,12 @@ class PeerProcess:
 
     @classmethod
     async def start(
-        cls, args: Sequence[str], prefix: Sequence[str] = (), timeout: float = 30.0
+        cls,
+        args: Sequence[str],
+        prefix: Sequence[str] = (),
+        timeout: float = 30.0,
+        *,
+        module: str = "tests.faults.peer",
     ) -> PeerProcess:
         stderr = tempfile.TemporaryFile()
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -94,7 +107,7 @@ class PeerProcess:
             *prefix,
             sys.executable,
             "-m",
-            "tests.faults.peer",
+            module,
             *args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -135,8 +148,18 @@ class PeerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops dead, its sockets stay open (a frozen peer)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     async def stop(self) -> None:
-        """Kill the process if it still runs and reap it."""
+        """Kill the process if it still runs (frozen or not) and reap it."""
         if self.proc.returncode is None:
             self.kill()
             with contextlib.suppress(TimeoutError):
@@ -163,6 +186,22 @@ def loss_unavailable_reason() -> str | None:
     if shutil.which("iptables") is None:
         return "`iptables` is not installed (apt-get install iptables; .ci/run installs it)"
     return None
+
+
+@dataclass
+class Outage:
+    """When a :meth:`LossLab.blackout` began and ended (``time.monotonic()``): every packet
+    was dropped at least from :attr:`began` (both rules in place) to :attr:`ended` (before
+    the first rule was removed); :attr:`ended` is None while the blackout lasts."""
+
+    began: float
+    ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """How long the blackout has lasted (at least)."""
+        end = self.ended if self.ended is not None else time.monotonic()
+        return end - self.began
 
 
 class LossLab:
@@ -224,6 +263,27 @@ class LossLab:
                 added.append(rule)
             yield
         finally:
+            for rule in added:
+                with contextlib.suppress(netns.TestbedError, OSError, subprocess.SubprocessError):
+                    self._iptables(index, "-D", rule)
+
+    @contextlib.contextmanager
+    def blackout(self, index: int) -> Iterator[Outage]:
+        """Drop every packet entering and leaving namespace ``index`` for the ``with`` block:
+        total silence on every path to it, as when a network vanishes. The rules go first in
+        their chains, ahead of any loss rules; the :class:`Outage` yielded records when the
+        silence began and ended."""
+        spec = ["-m", "comment", "--comment", BLACKOUT_COMMENT, "-j", "DROP"]
+        added: list[list[str]] = []
+        outage = Outage(began=time.monotonic())
+        try:
+            for chain in ("INPUT", "OUTPUT"):
+                self._iptables(index, "-I", [chain, "1", *spec])
+                added.append([chain, *spec])
+            outage.began = time.monotonic()
+            yield outage
+        finally:
+            outage.ended = time.monotonic()
             for rule in added:
                 with contextlib.suppress(netns.TestbedError, OSError, subprocess.SubprocessError):
                     self._iptables(index, "-D", rule)
