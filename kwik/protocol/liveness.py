@@ -295,7 +295,8 @@ class Liveness:
         the probe due at the same time."""
         if self.failed:
             return LivenessAction.NOTHING
-        kind = "with data in flight" if self._busy_since is not None else "idle"
+        # busy means QUIC has ack-eliciting packets unacknowledged: data, or only our own probe
+        kind = "packets unacknowledged" if self._busy_since is not None else "idle"
         due = now + _SLACK
         if due >= self._idle_deadline():
             self.failed = True

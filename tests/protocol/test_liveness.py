@@ -597,7 +597,7 @@ def test_stall_timeout_respects_quic_backoff(stall: float, base_pto: float) -> N
         lv, _, failed = backoff_run(stall, base_pto, blackout=stall * tenth / 10)
         assert failed is None, (tenth, lv.reason)
     lv, d, failed = backoff_run(stall, base_pto, blackout=None)
-    assert failed is not None and "with data in flight" in lv.reason
+    assert failed is not None and "packets unacknowledged" in lv.reason
     assert 1.5 * (stall + base_pto) < failed - d <= 3 * (stall + base_pto) + EPS
 
 
@@ -609,7 +609,7 @@ def test_r3_6_a_3_5_s_outage_of_a_busy_path_with_stall_timeout_3() -> None:
     assert failed is None
     lv, d, failed = backoff_run(3.0, 0.03, blackout=None)
     assert failed == pytest.approx(d + 5.76)
-    assert lv.reason == "peer silent for 5.8 s (with data in flight)"
+    assert lv.reason == "peer silent for 5.8 s (packets unacknowledged)"
 
 
 def test_the_busy_pto_is_frozen_once_the_silence_reaches_stall_timeout() -> None:
@@ -771,7 +771,7 @@ def test_reasons_say_what_was_missing() -> None:
         now = busy.get_timer()
         assert now is not None
         busy.handle_timer(now)
-    assert busy.reason == "peer silent for 1.0 s (with data in flight)"
+    assert busy.reason == "peer silent for 1.0 s (packets unacknowledged)"
     zombie = make(pings=True)
     zombie.on_datagram(14.5)
     assert zombie.handle_timer(15.0) is FAIL
