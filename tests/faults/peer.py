@@ -47,7 +47,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import kwik
 
@@ -121,8 +121,15 @@ def process_stats() -> dict[str, int]:
     return fields
 
 
-async def read_line(stream: kwik.Stream) -> str:
-    """One ``\\n``-terminated line, read byte by byte so that nothing after it is consumed."""
+class Readable(Protocol):
+    """Anything with kwik's ``read(n)``: a kwik stream, or the raw aioquic baseline's."""
+
+    async def read(self, n: int = ...) -> bytes: ...
+
+
+async def read_line(stream: Readable) -> str:
+    """One ``\\n``-terminated line, read byte by byte so that nothing after it is consumed
+    (from a kwik stream or a raw aioquic one)."""
     line = bytearray()
     while not line.endswith(b"\n"):
         byte = await stream.read(1)

@@ -42,7 +42,7 @@ from aioquic.quic.connection import QuicConnection
 from benchmarks.common import QuicSettings
 from benchmarks.peer_aioquic import RawConnection, RawStream, dial, quic_configuration
 
-from .peer import CHUNK, MAX_LINE, pattern_chunks, pattern_sha256
+from .peer import CHUNK, pattern_chunks, pattern_sha256, read_line
 
 __all__ = ["SETTINGS", "raw_download", "raw_upload"]
 
@@ -60,18 +60,6 @@ def _grow_receive_buffer(transport: Any) -> None:
 
 class RawTransferError(AssertionError):
     """What arrived over raw aioquic is not what was sent."""
-
-
-async def _read_line(stream: RawStream) -> str:
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        byte = await stream.read(1)
-        if not byte:
-            raise asyncio.IncompleteReadError(bytes(line), None)
-        line += byte
-        if len(line) > MAX_LINE:
-            raise ValueError("command line too long")
-    return line[:-1].decode()
 
 
 async def _read_all(stream: RawStream, digest: Any) -> int:
@@ -108,7 +96,7 @@ class _Server:
 
     async def _handle(self, stream: RawStream) -> None:
         try:
-            words = (await _read_line(stream)).split()
+            words = (await read_line(stream)).split()
             if words == ["UPLOAD"]:
                 digest = hashlib.sha256()
                 size = await _read_all(stream, digest)
@@ -160,7 +148,7 @@ async def raw_upload(addr: str, cadata: bytes, size: int, seed: int) -> float:
         await stream.write(b"UPLOAD\n")
         await _write_pattern(stream, seed, size)
         await stream.close()
-        digest, length = (await _read_line(stream)).split()
+        digest, length = (await read_line(stream)).split()
         elapsed = time.monotonic() - started
     if int(length) != size or digest != pattern_sha256(seed, size):
         raise RawTransferError(
